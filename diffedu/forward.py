@@ -1,0 +1,80 @@
+"""The forward process in closed form: q(x_t | x_0), and the checks its inputs get.
+
+Ho et al. 2020, eq. 4: because a sum of Gaussians is Gaussian,
+
+    q(x_t | x_0) = N(x_t; sqrt(alpha-bar_t) x_0, (1 - alpha-bar_t) I)
+
+so a noisy image at any step is one line, with eps ~ N(0, I):
+
+    x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffedu.schedules import NoiseSchedule
+
+#: Data far outside [-1, 1] is almost always a scaling bug (pixels in 0..255). Latents scaled to
+#: unit variance stay well below this.
+MAX_ABS_DATA = 10.0
+
+
+def q_sample(x0: Tensor, t: Tensor, eps: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """Sample x_t ~ q(x_t | x_0) with the given noise: sqrt(alpha-bar_t) x0 + sqrt(1 - alpha-bar_t) eps.
+
+    Args:
+        x0: clean data, shape (B, ...), scaled to about [-1, 1].
+        t: integer timesteps, shape (B,), each in 0..T-1 (0 is the first noising step).
+        eps: standard Gaussian noise, the same shape as x0.
+        schedule: the noise schedule.
+    """
+    check_data(x0, "x0")
+    check_timesteps(t, x0, schedule)
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    abar = broadcast_to(schedule.alphas_cumprod, t, x0)  # (B, 1, ..., 1)
+    return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
+
+
+def broadcast_to(values: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """values[t] shaped (B, 1, ..., 1) so it broadcasts against x of shape (B, ...)."""
+    out = values.to(device=x.device, dtype=x.dtype)[t.to(x.device)]  # (B,)
+    return out.reshape(t.shape[0], *([1] * (x.ndim - 1)))
+
+
+def check_timesteps(t: Tensor, x: Tensor, schedule: NoiseSchedule) -> None:
+    """Refuse timesteps of the wrong type, batch size or range, with a message that names the fix."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"t must be a tensor of integer timesteps, shape ({x.shape[0]},); got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"t must hold integer timesteps (torch.long), got dtype {t.dtype}")
+    if t.ndim != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"t must have one timestep per item of the batch: shape ({x.shape[0]},), got {tuple(t.shape)}"
+        )
+    if t.numel() and (t.min() < 0 or t.max() >= schedule.T):
+        raise ValueError(
+            f"timesteps must lie in 0..{schedule.T - 1} (T = {schedule.T}); got values from "
+            f"{t.min().item()} to {t.max().item()}"
+        )
+
+
+def check_data(x: Tensor, name: str = "x0") -> None:
+    """Refuse data that is not a float tensor or is far outside [-1, 1]."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(
+            f"{name} must be a float tensor scaled to [-1, 1], got dtype {x.dtype}; "
+            "convert images with x.float() / 127.5 - 1"
+        )
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be batched, shape (B, ...), got shape {tuple(x.shape)}")
+    peak = x.detach().abs().max().item() if x.numel() else 0.0
+    if not peak < MAX_ABS_DATA:  # also catches NaN
+        raise ValueError(
+            f"{name} has values up to {peak:.4g}, far outside [-1, 1]; diffusion expects data scaled to "
+            "about [-1, 1] (for 0..255 images use x / 127.5 - 1)"
+        )

@@ -1,0 +1,134 @@
+"""Noise schedules: the betas of the forward process, and what follows from them.
+
+The forward (noising) process of DDPM (Ho et al. 2020, eq. 2) adds a little Gaussian noise at each of
+T steps:
+
+    q(x_t | x_{t-1}) = N(x_t; sqrt(1 - beta_t) x_{t-1}, beta_t I),   t = 1..T
+
+With alpha_t = 1 - beta_t and alpha-bar_t = prod_{s<=t} alpha_s (`alphas_cumprod`) it has the closed
+form q(x_t | x_0) = N(sqrt(alpha-bar_t) x_0, (1 - alpha-bar_t) I) (see `diffedu.forward`).
+
+A schedule is data: a frozen dataclass built by pure factories, computed in float64 then cast to
+float32. Code indexes timesteps from 0, so `betas[0]` is the paper's beta_1 and `betas[T - 1]` its
+beta_T.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+ScheduleName = Literal["linear", "cosine"]
+SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """The betas of a forward process and their running products.
+
+    Attributes:
+        name: how the betas were made ("linear", "cosine" or "custom").
+        betas: beta_t, shape (T,), float32.
+        alphas: alpha_t = 1 - beta_t, shape (T,).
+        alphas_cumprod: alpha-bar_t = prod_{s<=t} alpha_s, shape (T,), decreasing from about 1 to about 0.
+    """
+
+    name: str
+    betas: Tensor
+    alphas: Tensor
+    alphas_cumprod: Tensor
+
+    @property
+    def T(self) -> int:  # noqa: N802 (the paper's name)
+        """Number of diffusion steps."""
+        return self.betas.shape[0]
+
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        """The same schedule with its tensors on `device`."""
+        return NoiseSchedule(
+            self.name, self.betas.to(device), self.alphas.to(device), self.alphas_cumprod.to(device)
+        )
+
+    def __repr__(self) -> str:
+        abar = self.alphas_cumprod
+        return (
+            f"NoiseSchedule(name={self.name!r}, T={self.T}, beta: {self.betas[0]:.2e}..{self.betas[-1]:.2e}, "
+            f"alpha-bar: {abar[0]:.4f}..{abar[-1]:.2e})"
+        )
+
+
+def schedule_from_betas(betas: Tensor, name: str = "custom") -> NoiseSchedule:
+    """Build a `NoiseSchedule` from betas; products are taken in float64, then cast to float32."""
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    if betas.ndim != 1 or betas.numel() < 1:
+        raise ValueError(f"betas must be a 1-D tensor with at least one value, got shape {tuple(betas.shape)}")
+    if not torch.all((betas > 0) & (betas < 1)):
+        raise ValueError(
+            f"every beta must lie in (0, 1); got min {betas.min().item():.3g}, max {betas.max().item():.3g}"
+        )
+    alphas = 1.0 - betas
+    alphas_cumprod = torch.cumprod(alphas, dim=0)
+    return NoiseSchedule(name, betas.float(), alphas.float(), alphas_cumprod.float())
+
+
+def linear_beta_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:  # noqa: N803
+    """DDPM's linear schedule (Ho et al. 2020, sec. 4): beta_t rises linearly from `beta_start` to `beta_end`.
+
+    The paper's values (1e-4 to 0.02) are meant for T = 1000; with far fewer steps alpha-bar_T stays
+    well above 0 and x_T is not pure noise. `make_schedule("linear", T)` rescales them for any T.
+    """
+    _check_T(T)
+    betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    return schedule_from_betas(betas, "linear")
+
+
+def cosine_beta_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:  # noqa: N803
+    """Nichol & Dhariwal's cosine schedule (2021, eq. 17).
+
+        alpha-bar(t) = f(t) / f(0),   f(t) = cos^2(((t / T) + s) / (1 + s) * pi / 2)
+        beta_t = 1 - alpha-bar(t) / alpha-bar(t - 1),  clipped to at most `max_beta`
+
+    Noise is added more slowly at the start than with the linear schedule, so fewer steps are wasted
+    on images that are already pure noise.
+    """
+    _check_T(T)
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alphas_cumprod = f / f[0]
+    betas = 1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1]
+    return schedule_from_betas(betas.clamp(min=1e-8, max=max_beta), "cosine")
+
+
+def make_schedule(name: ScheduleName | str = "linear", T: int = 1000) -> NoiseSchedule:  # noqa: N803
+    """The named schedule with T steps: "linear" or "cosine".
+
+    "linear" scales the paper's endpoints by 1000 / T (as improved DDPM does), so that alpha-bar_T is
+    close to 0 for any T; at T = 1000 it is exactly DDPM's schedule.
+    """
+    if name == "linear":
+        _check_T(T)
+        scale = 1000.0 / T
+        return linear_beta_schedule(T, 1e-4 * scale, min(0.02 * scale, 0.999))
+    if name == "cosine":
+        return cosine_beta_schedule(T)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(map(repr, SCHEDULES))}")
+
+
+def snr(schedule: NoiseSchedule) -> Tensor:
+    """Signal-to-noise ratio of x_t: SNR(t) = alpha-bar_t / (1 - alpha-bar_t), shape (T,)."""
+    abar = schedule.alphas_cumprod.double()
+    return (abar / (1.0 - abar)).float()
+
+
+def snr_db(schedule: NoiseSchedule) -> Tensor:
+    """The SNR in decibels, 10 log10 SNR(t): 0 dB where signal and noise have equal power."""
+    return 10.0 * torch.log10(snr(schedule))
+
+
+def _check_T(T: int) -> None:  # noqa: N803
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"T (the number of diffusion steps) must be a positive integer, got {T!r}")

@@ -1,0 +1,137 @@
+"""The exercise checks: right answers pass, wrong ones are explained, skipped ones fall back."""
+
+import pytest
+import torch
+
+from diffedu import checks
+from diffedu.forward import q_sample
+from diffedu.losses import ddpm_loss
+from diffedu.samplers import ddpm_step
+
+
+def abar_of(schedule, t, x):
+    return schedule.alphas_cumprod[t].reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def test_the_reference_answers_pass(capsys):
+    assert checks.check_q_sample(q_sample) is q_sample
+    assert checks.check_ddpm_loss(ddpm_loss) is ddpm_loss
+    assert checks.check_ddpm_step(ddpm_step) is ddpm_step
+    assert capsys.readouterr().out.count("✓") == 3
+
+
+def test_a_q_sample_without_the_square_root_is_explained():
+    def forgot_sqrt(x0, t, eps, schedule):
+        abar = abar_of(schedule, t, x0)
+        return abar.sqrt() * x0 + (1 - abar) * eps
+
+    with pytest.raises(checks.ExerciseError) as info:
+        checks.check_q_sample(forgot_sqrt)
+    message = str(info.value)
+    assert "q_sample gives the wrong answer" in message
+    assert "expected" in message and "got" in message
+    assert "noise term lacks its square root" in message
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda x0, t, eps, s: s.alphas[t].view(-1, 1, 1, 1).sqrt() * x0 + (1 - s.alphas[t].view(-1, 1, 1, 1)).sqrt() * eps,
+         "alpha-bar_t"),
+        (lambda x0, t, eps, s: abar_of(s, t, x0).sqrt() * eps + (1 - abar_of(s, t, x0)).sqrt() * x0, "swapped"),
+        (lambda x0, t, eps, s: abar_of(s, t, x0).sqrt() * x0, "noise is missing"),
+        (lambda x0, t, eps, s: abar_of(s, t + 1, x0).sqrt() * x0 + (1 - abar_of(s, t + 1, x0)).sqrt() * eps, "off by one"),
+    ],
+)
+def test_common_q_sample_mistakes_are_named(wrong, hint):
+    with pytest.raises(checks.ExerciseError, match=hint):
+        checks.check_q_sample(wrong)
+
+
+def test_an_unknown_mistake_still_gets_expected_against_got():
+    with pytest.raises(checks.ExerciseError) as info:
+        checks.check_q_sample(lambda x0, t, eps, s: x0 + 0.01)
+    assert "largest difference" in str(info.value)
+    assert "Likely mistake" not in str(info.value)
+
+
+def test_a_crash_in_the_learners_code_is_reported_with_the_case():
+    def broken(x0, t, eps, schedule):
+        return x0.view(7)
+
+    with pytest.raises(checks.ExerciseError, match="(?s)raised RuntimeError.*test case"):
+        checks.check_q_sample(broken)
+
+
+def test_a_wrong_shape_is_reported():
+    with pytest.raises(checks.ExerciseError, match="expected shape"):
+        checks.check_q_sample(lambda x0, t, eps, s: x0[0])
+
+
+def skipped(*args, **kwargs):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def test_a_skipped_exercise_falls_back_to_the_reference(capsys):
+    assert checks.check_q_sample(skipped) is q_sample
+    assert checks.check_ddpm_loss(skipped) is ddpm_loss
+    assert checks.check_ddpm_step(skipped) is ddpm_step
+    out = capsys.readouterr().out
+    assert out.count("skipped this exercise") == 3
+    assert "diffedu.forward.q_sample" in out
+
+
+def test_grading_mode_fails_a_skipped_exercise(monkeypatch):
+    monkeypatch.setenv("DIFFEDU_GRADING", "1")
+    assert checks.grading_enabled()
+    with pytest.raises(checks.ExerciseSkipped, match="not implemented"):
+        checks.check_q_sample(skipped)
+    assert checks.check_q_sample(q_sample) is q_sample  # right answers still pass
+    checks.set_grading(False)
+    try:
+        assert checks.check_q_sample(skipped) is q_sample
+    finally:
+        checks.set_grading(None)
+
+
+def test_ddpm_loss_mistakes():
+    def target_x0(model, x0, schedule, t=None, eps=None):
+        return ((model(q_sample(x0, t, eps, schedule), t) - x0) ** 2).mean()
+
+    def summed(model, x0, schedule, t=None, eps=None):
+        return ((model(q_sample(x0, t, eps, schedule), t) - eps) ** 2).sum()
+
+    with pytest.raises(checks.ExerciseError, match="target is the noise eps, not x0"):
+        checks.check_ddpm_loss(target_x0)
+    with pytest.raises(checks.ExerciseError, match="mean of the squared errors"):
+        checks.check_ddpm_loss(summed)
+
+
+def test_ddpm_loss_must_draw_t_and_eps_itself():
+    def needs_t(model, x0, schedule, t=None, eps=None):
+        return ((model(q_sample(x0, t, eps, schedule), t) - eps) ** 2).mean()
+
+    with pytest.raises(Exception):
+        checks.check_ddpm_loss(needs_t)
+
+
+def test_ddpm_step_mistakes():
+    def noise_at_the_end(x_t, t, eps, s, noise):
+        return (x_t - s.betas[t] / (1 - s.alphas_cumprod[t]).sqrt() * eps) / s.alphas[t].sqrt() + s.betas[t].sqrt() * noise
+
+    def no_sqrt_alpha(x_t, t, eps, s, noise):
+        out = (x_t - s.betas[t] / (1 - s.alphas_cumprod[t]).sqrt() * eps) / s.alphas[t]
+        return out + s.betas[t].sqrt() * noise if t > 0 else out
+
+    with pytest.raises(checks.ExerciseError, match="no noise at the last step"):
+        checks.check_ddpm_step(noise_at_the_end)
+    with pytest.raises(checks.ExerciseError, match=r"sqrt\(alpha_t\)"):
+        checks.check_ddpm_step(no_sqrt_alpha)
+
+
+def test_compare_handles_numbers_and_tuples():
+    assert checks._compare(1.0, 1.0, 1e-6, 1e-6) is None
+    assert "expected 2" in checks._compare(1.0, 2.0, 1e-6, 1e-6)
+    assert checks._compare((torch.ones(2), 3.0), (torch.ones(2), 3.0), 1e-6, 1e-6) is None
+    assert "item 1" in checks._compare((torch.ones(2), 3.0), (torch.ones(2), 4.0), 1e-6, 1e-6)
