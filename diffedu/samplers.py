@@ -167,3 +167,234 @@ def _coefficients(schedule: NoiseSchedule, t: int) -> tuple[float, float, float,
         schedule.alphas_cumprod[t].item(),
         abar_prev,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# DDIM (Song, Meng & Ermon 2021): the same trained model, fewer steps, and a deterministic path.
+# ---------------------------------------------------------------------------------------------
+
+Spacing = Literal["uniform", "quadratic"]
+SPACINGS: tuple[str, ...] = ("uniform", "quadratic")
+
+
+def ddim_timesteps(T: int, steps: int, spacing: Spacing = "uniform") -> list[int]:  # noqa: N803
+    """The `steps` timesteps DDIM visits, in the order it visits them: descending from T - 1 to 0.
+
+    Both ends are always included (a single step is just [T - 1]): the first model call sees pure
+    noise at t = T - 1, and the last step goes from t = 0 to x_0. The values are distinct integers,
+    so `steps = T` gives every step, T - 1, T - 2, ..., 0, exactly as DDPM.
+
+    - "uniform":   t_k = round(k (T - 1) / (steps - 1)), evenly spaced.
+    - "quadratic": t_k = round((T - 1) (k / (steps - 1))^2), i.e. (linspace(0, sqrt(T - 1), steps))^2,
+      denser near t = 0 where the details are made. Song et al. (2021, app. D.2, CIFAR10) use
+      (linspace(0, sqrt(0.8 T), steps))^2; here the range runs to T - 1 so the first step starts from
+      noise, as in "uniform". Steps near 0 that round to the same integer are pushed up by one, so
+      there are always `steps` distinct values (all <= T - 1, see the test).
+    """
+    _check_steps(steps, T)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(map(repr, SPACINGS))}")
+    if steps == 1:
+        return [T - 1]
+    fraction = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)  # k / (steps - 1), ascending
+    if spacing == "quadratic":
+        fraction = fraction**2
+    ascending: list[int] = []
+    for value in torch.round(fraction * (T - 1)).long().tolist():
+        value = value if not ascending else max(value, ascending[-1] + 1)  # keep them distinct
+        ascending.append(min(value, T - 1))
+    return ascending[::-1]
+
+
+def ddim_step(
+    x_t: Tensor,
+    t: int,
+    t_prev: int,
+    eps: Tensor,
+    schedule: NoiseSchedule,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+    pred_x0: Tensor | None = None,
+) -> Tensor:
+    """One DDIM step from x_t to x_{t_prev} (Song et al. 2021, eq. 12), t_prev < t (t_prev = -1: to x_0).
+
+        x_{t_prev} = sqrt(abar_prev) * x0_pred                      (1) the predicted x_0
+                   + sqrt(1 - abar_prev - sigma^2) * eps            (2) the direction pointing to x_t
+                   + sigma * z                                      (3) the noise
+
+        x0_pred = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+        sigma   = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+
+    with abar_t = alpha-bar_t, abar_prev = alpha-bar_{t_prev} and alpha-bar_{-1} = 1 (so sigma = 0 at
+    the last step). eta = 0 is the deterministic DDIM; eta = 1 gives sigma^2 = beta-tilde when
+    t_prev = t - 1, i.e. DDPM's ancestral step with the posterior variance.
+
+    Args:
+        eps: the predicted noise at (x_t, t).
+        eta: how much fresh noise, >= 0 (0: none, 1: as much as DDPM).
+        noise: z ~ N(0, I), needed only when sigma > 0.
+        pred_x0: the predicted x_0 when already known (clipped, or from an "x0"/"v" model);
+            computed from eps otherwise.
+    """
+    if not 0 <= t < schedule.T or not -1 <= t_prev < t:
+        raise ValueError(f"need 0 <= t < T = {schedule.T} and -1 <= t_prev < t, got t={t}, t_prev={t_prev}")
+    _check_eta(eta)
+    abar_t = schedule.alphas_cumprod[t].item()
+    abar_prev = schedule.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+    if pred_x0 is None:
+        pred_x0 = (x_t - (1 - abar_t) ** 0.5 * eps) / abar_t**0.5
+    sigma = eta * ((1 - abar_prev) / (1 - abar_t)) ** 0.5 * (1 - abar_t / abar_prev) ** 0.5
+    direction_var = 1 - abar_prev - sigma**2
+    if direction_var < -1e-6:
+        raise ValueError(
+            f"eta={eta} is too large at t={t} -> t_prev={t_prev}: sigma^2 = {sigma**2:.4g} exceeds "
+            f"1 - alpha-bar_prev = {1 - abar_prev:.4g}; use eta <= 1"
+        )
+
+    predicted_x0_part = abar_prev**0.5 * pred_x0  # (1)
+    direction_to_x_t = max(direction_var, 0.0) ** 0.5 * eps  # (2)
+    if sigma == 0:
+        return predicted_x0_part + direction_to_x_t
+    if noise is None:
+        raise ValueError(f"ddim_step with eta={eta} adds noise (sigma = {sigma:.4g}): pass noise=z ~ N(0, I)")
+    return predicted_x0_part + direction_to_x_t + sigma * noise  # (3)
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    *,
+    steps: int,
+    eta: float = 0.0,
+    spacing: Spacing = "uniform",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    x_T: Tensor | None = None,  # noqa: N803
+    cond: Tensor | None = None,
+    prediction: Prediction = "eps",
+    clip_x0: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12): `steps` model calls from x_T ~ N(0, I) to x_0.
+
+    Visits `ddim_timesteps(T, steps, spacing)` (T - 1 down to 0), then steps to x_0. With eta = 0 the
+    path is deterministic: the same x_T always gives the same sample, and the generator is used
+    only for x_T. Noise z is drawn at each step but the last (after x_T), so with steps = T and
+    eta = 1 the draws are DDPM's and the result equals `ddpm_sample(..., variance="beta_tilde")`.
+
+    Args:
+        steps: how many model calls, 1..T.
+        eta: the noise scale, >= 0 (see `ddim_step`).
+        spacing: "uniform" or "quadratic" (see `ddim_timesteps`).
+        The others as in `ddpm_sample`; `callback` gets {"i", "t", "x", "pred_x0"} after each step,
+        with x the new x_{t_prev}.
+    """
+    check_prediction(prediction)
+    _check_eta(eta)
+    timesteps = ddim_timesteps(schedule.T, steps, spacing)  # checks steps and spacing
+    device = torch.device(device) if device is not None else model_device(model)
+    x = randn(shape, generator, device) if x_T is None else x_T.to(device)
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape={tuple(shape)}")
+    with eval_mode(model):
+        for i, t in enumerate(progress_bar(timesteps, progress, "DDIM")):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            pred_x0, eps = predict(model, x, t, schedule, cond=cond, prediction=prediction, clip_x0=clip_x0)
+            noise = randn(shape, generator, device) if eta > 0 and t_prev >= 0 else None
+            x = ddim_step(x, t, t_prev, eps, schedule, eta, noise, pred_x0=pred_x0)
+            if callback is not None:
+                callback({"i": i, "t": t, "x": x, "pred_x0": pred_x0})
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    *,
+    steps: int,
+    spacing: Spacing = "uniform",
+    cond: Tensor | None = None,
+    prediction: Prediction = "eps",
+    callback: Callback | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """DDIM inversion: run the deterministic (eta = 0) update forwards, from data x0 to its noise x_T.
+
+    Visits the timesteps of `ddim_sample` in reverse (0 up to T - 1). From x_s at time s to time t > s:
+
+        x0_pred = (x_s - sqrt(1 - abar_s) eps) / sqrt(abar_s),   eps = model(x_s, s)
+        x_t     = sqrt(abar_t) x0_pred + sqrt(1 - abar_t) eps
+
+    The first step starts at the data itself (x0_pred = x0) with eps = model(x0, 0).
+
+    An approximation: sampling from t to s uses eps at the noisier end (x_t, t), which is not yet
+    known when inverting, so the inversion uses eps at the current point (x_s, s) instead. The two
+    agree as the steps get small (or where eps barely changes along the path), so
+    `ddim_sample(x_T=ddim_invert(x0, steps=S), steps=S, eta=0)` returns close to x0, closer as S grows.
+    The callback gets {"i", "t", "x", "pred_x0"} with x the new x_t.
+    """
+    check_prediction(prediction)
+    timesteps = ddim_timesteps(schedule.T, steps, spacing)[::-1]  # ascending: 0 .. T - 1
+    x = x0
+    with eval_mode(model):
+        for i, t in enumerate(progress_bar(timesteps, progress, "DDIM inversion")):
+            s = timesteps[i - 1] if i > 0 else timesteps[0]  # the time of the current x
+            pred_x0, eps = predict(model, x, s, schedule, cond=cond, prediction=prediction)
+            if i == 0:
+                pred_x0 = x0  # still at the data: nothing to predict
+            abar_t = schedule.alphas_cumprod[t].item()
+            x = abar_t**0.5 * pred_x0 + (1 - abar_t) ** 0.5 * eps
+            if callback is not None:
+                callback({"i": i, "t": t, "x": x, "pred_x0": pred_x0})
+    return x
+
+
+def slerp(z0: Tensor, z1: Tensor, alpha: float | Tensor) -> Tensor:
+    """Spherical interpolation between two noises of shape (B, ...), one angle per sample.
+
+        theta = arccos(<z0, z1> / (|z0| |z1|))              (over all but the batch dimension)
+        slerp = sin((1 - alpha) theta) / sin(theta) z0 + sin(alpha theta) / sin(theta) z1
+
+    Gaussian noise in many dimensions lies near a sphere of radius sqrt(d); a straight line (lerp)
+    between two such points cuts inside it, giving noise of too small a norm, while slerp stays on
+    the arc. alpha = 0 gives z0, alpha = 1 gives z1. Where the two are nearly parallel (or opposite)
+    sin(theta) ~ 0 and the formula is unstable, so it falls back to lerp, (1 - alpha) z0 + alpha z1.
+
+    `alpha` may be a number, or a 1-D tensor of n values: then the n interpolations are stacked along
+    the batch dimension, alpha-major, shape (n * B, ...) (with B = 1: one row per alpha).
+    """
+    if z0.shape != z1.shape:
+        raise ValueError(f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+    if z0.ndim < 1:
+        raise ValueError("z0 and z1 need a batch dimension: shape (B, ...)")
+    alpha = torch.as_tensor(alpha, dtype=torch.float64, device=z0.device)
+    if alpha.ndim > 1:
+        raise ValueError(f"alpha must be a number or a 1-D tensor, got shape {tuple(alpha.shape)}")
+    if alpha.ndim == 1:
+        return torch.cat([slerp(z0, z1, a) for a in alpha], dim=0)  # (n * B, ...)
+    a = z0.reshape(z0.shape[0], -1).double()  # (B, d)
+    b = z1.reshape(z1.shape[0], -1).double()
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)  # (B,)
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    sin = torch.sin(theta)
+    nearly_parallel = sin.abs() < 1e-4
+    safe_sin = torch.where(nearly_parallel, torch.ones_like(sin), sin)
+    w0 = torch.where(nearly_parallel, 1 - alpha, torch.sin((1 - alpha) * theta) / safe_sin)  # (B,)
+    w1 = torch.where(nearly_parallel, alpha.expand_as(sin), torch.sin(alpha * theta) / safe_sin)
+    out = w0[:, None] * a + w1[:, None] * b  # (B, d)
+    return out.reshape(z0.shape).to(z0.dtype)
+
+
+def _check_steps(steps: int, T: int) -> None:  # noqa: N803
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer from 1 to T = {T}, got {steps!r}")
+
+
+def _check_eta(eta: float) -> None:
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
+        raise ValueError(f"eta must be a number >= 0 (0: deterministic DDIM, 1: DDPM-like noise), got {eta!r}")
