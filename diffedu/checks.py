@@ -74,13 +74,17 @@ def check_exercise(
     mistakes: Sequence[Mistake] = (),
     atol: float = 1e-4,
     rtol: float = 1e-4,
+    fallback: Callable[..., Any] | None = None,
 ) -> Callable[..., Any]:
-    """Compare `learner` with `reference` on `cases`; see the module docstring for what follows."""
+    """Compare `learner` with `reference` on `cases`; see the module docstring for what follows.
+
+    `fallback` is what a skipped exercise continues with, when it is not `reference` itself.
+    """
     for case in cases:
         try:
             got = learner(*case.args, **case.kwargs)
         except NotImplementedError:
-            return _skipped(name, reference)
+            return _skipped(name, fallback or reference)
         except Exception as err:  # the learner's bug, told plainly
             raise ExerciseError(
                 f"{name} raised {type(err).__name__}: {err}\n  on the test case: {case.describe}"
@@ -637,3 +641,33 @@ def check_depends_on_t(model: Callable[..., Tensor], x: Tensor, ts: Sequence[int
     listed = ", ".join(f"t={t}: {c:.3g}" for t, c in zip(ts[1:], changes))
     print(f"✓ the output depends on t (relative change from t={ts[0]}: {listed}).")
     return changes
+
+
+def check_ema_update(learner: Callable[..., Any]) -> Callable[..., Any]:
+    """Lesson 04: in place, ema <- decay * ema + (1 - decay) * param for each pair of tensors."""
+    from diffedu.train import ema_update
+
+    g = torch.Generator().manual_seed(4)
+    ema_start = [torch.randn(3, 2, generator=g), torch.randn(4, generator=g)]
+    params = [torch.randn(3, 2, generator=g), torch.randn(4, generator=g)]
+
+    def after(fn: Callable[..., Any]) -> Callable[..., tuple]:
+        def run(decay: float) -> tuple:
+            ema = [e.clone() for e in ema_start]
+            fn(ema, params, decay)
+            return tuple(ema)
+        return run
+
+    mistakes = [
+        Mistake("decay and 1 - decay are swapped: the old average keeps the weight `decay` (close to 1).",
+                lambda d: tuple((1 - d) * e + d * p for e, p in zip(ema_start, params))),
+        Mistake("the tensors in ema_params did not change: update them in place (e.mul_(...).add_(...) or "
+                "e.lerp_(p, 1 - decay)); assigning to a loop variable changes nothing.", lambda d: tuple(ema_start)),
+        Mistake("the average is replaced by the weights: blend the two, decay * ema + (1 - decay) * param.",
+                lambda d: tuple(params)),
+    ]
+    cases = [Case((0.9,), {}, "two tensors (3, 2) and (4,), decay = 0.9"),
+             Case((0.5,), {}, "the same tensors, decay = 0.5")]
+    run_learner = after(learner)
+    checked = check_exercise("ema_update", run_learner, after(ema_update), cases, mistakes=mistakes, fallback=ema_update)
+    return learner if checked is run_learner else ema_update

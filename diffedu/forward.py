@@ -45,7 +45,10 @@ def broadcast_to(values: Tensor, t: Tensor, x: Tensor) -> Tensor:
 
 
 def check_timesteps(t: Tensor, x: Tensor, schedule: NoiseSchedule) -> None:
-    """Refuse timesteps of the wrong type, batch size or range, with a message that names the fix."""
+    """Refuse timesteps of the wrong type, batch size or range, with a message that names the fix.
+
+    The range is checked for CPU tensors only: on a GPU reading a value back would stall every step.
+    """
     if not isinstance(t, Tensor):
         raise TypeError(f"t must be a tensor of integer timesteps, shape ({x.shape[0]},); got {type(t).__name__}")
     if t.dtype.is_floating_point or t.dtype == torch.bool:
@@ -54,7 +57,7 @@ def check_timesteps(t: Tensor, x: Tensor, schedule: NoiseSchedule) -> None:
         raise ValueError(
             f"t must have one timestep per item of the batch: shape ({x.shape[0]},), got {tuple(t.shape)}"
         )
-    if t.numel() and (t.min() < 0 or t.max() >= schedule.T):
+    if t.device.type == "cpu" and t.numel() and (t.min() < 0 or t.max() >= schedule.T):
         raise ValueError(
             f"timesteps must lie in 0..{schedule.T - 1} (T = {schedule.T}); got values from "
             f"{t.min().item()} to {t.max().item()}"
@@ -62,7 +65,7 @@ def check_timesteps(t: Tensor, x: Tensor, schedule: NoiseSchedule) -> None:
 
 
 def check_data(x: Tensor, name: str = "x0") -> None:
-    """Refuse data that is not a float tensor or is far outside [-1, 1]."""
+    """Refuse data that is not a float tensor or is far outside [-1, 1] (values checked on the CPU only)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -72,7 +75,9 @@ def check_data(x: Tensor, name: str = "x0") -> None:
         )
     if x.ndim < 2:
         raise ValueError(f"{name} must be batched, shape (B, ...), got shape {tuple(x.shape)}")
-    peak = x.detach().abs().max().item() if x.numel() else 0.0
+    if x.device.type != "cpu" or not x.numel():
+        return  # on a GPU, reading the peak back would stall each step; `train` checks its data once
+    peak = x.detach().abs().max().item()
     if not peak < MAX_ABS_DATA:  # also catches NaN
         raise ValueError(
             f"{name} has values up to {peak:.4g}, far outside [-1, 1]; diffusion expects data scaled to "

@@ -135,3 +135,27 @@ def test_compare_handles_numbers_and_tuples():
     assert "expected 2" in checks._compare(1.0, 2.0, 1e-6, 1e-6)
     assert checks._compare((torch.ones(2), 3.0), (torch.ones(2), 3.0), 1e-6, 1e-6) is None
     assert "item 1" in checks._compare((torch.ones(2), 3.0), (torch.ones(2), 4.0), 1e-6, 1e-6)
+
+
+def test_ema_update_check():
+    from diffedu.train import ema_update
+
+    def in_place(ema, params, decay):
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p, 1 - decay)
+
+    def swapped(ema, params, decay):
+        for e, p in zip(ema, params):
+            e.mul_(1 - decay).add_(p, alpha=decay)
+
+    def rebinds(ema, params, decay):
+        for e, p in zip(ema, params):
+            e = decay * e + (1 - decay) * p  # noqa: F841 (the mistake under test)
+
+    assert checks.check_ema_update(in_place) is in_place
+    with pytest.raises(checks.ExerciseError, match="swapped"):
+        checks.check_ema_update(swapped)
+    with pytest.raises(checks.ExerciseError, match="in place"):
+        checks.check_ema_update(rebinds)
+    assert checks.check_ema_update(skipped) is ema_update

@@ -1,0 +1,52 @@
+"""Append benchmark figures to benchmarks/results/<benchmark>.jsonl, one JSON object a line.
+
+Every figure carries what is needed to compare it: the device's name, torch's version, the date, the
+commit and the settings (model, steps, batch, seconds of training, sample count, seed). Figures are
+appended by the scripts, never edited by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffedu.profiles import device_name
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def record(benchmark: str, metric: str, value: float, unit: str, *, profile: str,
+           device: torch.device | str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Print one figure and append it to results/<benchmark>.jsonl; returns the row."""
+    device = torch.device(device)
+    row = {
+        "benchmark": benchmark,
+        "metric": metric,
+        "value": float(value),
+        "unit": unit,
+        "profile": profile,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "settings": settings,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"{benchmark}.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{benchmark}: {metric} = {value:.6g} {unit}  ({row['device']}, profile {profile})")
+    return row

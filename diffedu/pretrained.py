@@ -1,0 +1,111 @@
+"""Pretrained weights shipped with diffedu: ``model, schedule, info = load_pretrained("mnist_ddpm")``.
+
+A weights file is small and holds only tensors and primitives (it loads with
+``torch.load(..., weights_only=True)``): the EMA weights of a training run, the U-Net's config, the
+noise schedule's name and T, the prediction type, and the record of how it was trained (command,
+steps, minutes, device, final loss). `export_weights` writes one from a training checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffedu.profiles import default_device
+from diffedu.schedules import SCHEDULES, NoiseSchedule, make_schedule, schedule_from_betas
+from diffedu.train import atomic_save, load_checkpoint
+from diffedu.unet import UNet, UNetConfig
+
+FORMAT = "diffedu-weights"
+FORMAT_VERSION = 1
+MAX_FP32_BYTES = 10 * 2**20  # above this the weights are stored in float16
+# How each shipped name is made (shown when its file is missing).
+RECIPES = {
+    "mnist_ddpm": "python -m diffedu.train --dataset mnist --preset mnist_small --profile cpu --minutes 10 "
+                  "--out runs/mnist.pt --export mnist_ddpm",
+}
+
+
+def weights_dir() -> Path:
+    """The folder of shipped weights: ``diffedu/weights``."""
+    return Path(__file__).parent / "weights"
+
+
+def available(directory: str | os.PathLike[str] | None = None) -> list[str]:
+    """Names of the diffusion weights files present, e.g. ``["mnist_ddpm"]`` (other .pt files are skipped)."""
+    folder = Path(directory) if directory is not None else weights_dir()
+    return sorted(p.stem for p in folder.glob("*.pt") if _is_weights_file(p)) if folder.is_dir() else []
+
+
+def _is_weights_file(path: Path) -> bool:
+    try:  # mmap: reads the small header, not the tensors
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def export_weights(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path: str | os.PathLike[str], *,
+                   name: str, record: dict[str, Any]) -> Path:
+    """Write the EMA weights of a training checkpoint, with what is needed to use them, to `out_path`.
+
+    float32 when the weights take at most 10 MB, float16 above. `record` (how it was trained) must be
+    JSON-serialisable. Written atomically.
+    """
+    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    if state.get("model_config") is None or state.get("model_class") != "UNet":
+        raise ValueError(f"export_weights needs a checkpoint of a diffedu UNet (with its config); this one holds "
+                         f"a {state.get('model_class')} with config {state.get('model_config')}")
+    weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    size = sum(v.numel() * v.element_size() for v in weights.values())
+    dtype = torch.float32 if size <= MAX_FP32_BYTES else torch.float16
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    schedule = state["schedule"]
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "state_dict": weights,
+        "dtype": str(dtype).removeprefix("torch."), "model_class": "UNet", "model_config": state["model_config"],
+        "schedule": {"name": schedule["name"], "T": schedule["T"],
+                     **({"betas": schedule["betas"]} if schedule["name"] not in SCHEDULES else {})},
+        "prediction": state["train_config"]["prediction"], "step": state["step"],
+        "record": json.loads(json.dumps(record)),  # plain JSON types only: loads with weights_only=True
+    }
+    return atomic_save(payload, out_path)
+
+
+def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None = None, *,
+                    directory: str | os.PathLike[str] | None = None) -> tuple[nn.Module, NoiseSchedule, dict[str, Any]]:
+    """The pretrained U-Net `name` (eval mode, float32), its noise schedule, and an info dict.
+
+    ``info`` holds name, prediction, model_config, step and the training record (command, minutes, ...).
+    """
+    folder = Path(directory) if directory is not None else weights_dir()
+    path = folder / f"{name}.pt"
+    if not path.is_file():
+        names = available(folder)
+        if name in RECIPES:
+            raise FileNotFoundError(
+                f"no weights file for {name!r} at {path}. Train and export one (about 10 minutes on a CPU):\n"
+                f"    {RECIPES[name]}")
+        raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(map(repr, names)) or 'none'}"
+                         + (f" (trainable with the CLI: {', '.join(map(repr, RECIPES))})" if RECIPES else ""))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read weights file {path} ({type(exc).__name__}); delete it and export it "
+                         "again") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a diffusion model's weights file (write those with export_weights); "
+                         f"available: {', '.join(map(repr, available(folder))) or 'none'}")
+    model = UNet(UNetConfig(**payload["model_config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    sched = payload["schedule"]
+    schedule = (make_schedule(sched["name"], sched["T"]) if sched["name"] in SCHEDULES
+                else schedule_from_betas(sched["betas"], sched["name"]))
+    device = torch.device(device) if device is not None else default_device()
+    info = {k: payload[k] for k in ("name", "prediction", "model_config", "step", "record", "dtype")}
+    return model.to(device).eval(), schedule.to(device), {**info, "path": path}
