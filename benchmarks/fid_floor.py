@@ -16,30 +16,20 @@ Prints a table and appends one JSON line per figure to benchmarks/results/fid_fl
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import record  # noqa: E402
+
 from diffedu.classifier import load_classifier
 from diffedu.data import SampleDataWarning
 from diffedu.metrics import SUBSET_SEED, extract_features, frechet_distance, kid, real_images
-from diffedu.profiles import device_name, get_profile
-
-RESULTS = Path(__file__).parent / "results" / "fid_floor.jsonl"
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from diffedu.profiles import get_profile
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,9 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    common = {"profile": get_profile().name, "device": device_name(device), "torch": torch.__version__,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": _commit()}
-    rows = []
+    profile = get_profile().name
     for dataset in args.datasets:
         start = time.perf_counter()
         model = load_classifier(dataset, device=device)
@@ -82,15 +70,11 @@ def main(argv: list[str] | None = None) -> None:
                         "kid_subset_size": min(n, 1000), "kid_std": kid_std, "data_source": train.source,
                         "bundled_sample": is_sample, "subset_seed": SUBSET_SEED,
                         "samples": "N random test images vs n_real random train images (fixed subsets)"}
-            for metric, value in (("fid_self_floor", fid), ("kid_self_floor", kid_mean)):
-                rows.append({"benchmark": "fid_floor", "metric": metric, "value": round(value, 6),
-                             "unit": "dimensionless", **common, "settings": settings})
+            if not args.no_record:
+                for metric, value in (("fid_self_floor", fid), ("kid_self_floor", kid_mean)):
+                    record("fid_floor", metric, round(value, 6), "dimensionless", profile=profile, device=device,
+                           settings=settings)
         print(f"({time.perf_counter() - start:.1f} s)")
-    if not args.no_record and rows:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        print(f"\nappended {len(rows)} lines to {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """diffedu: the helper library of the course "Diffusion models from scratch".
 
 One module per concept, named after the math: `schedules`, `forward` (q_sample), `predictions`,
-`losses`, `samplers`, `layers`, `unet`, `data`, `metrics`, `checks`, `plotting`, `widgets`.
+`losses`, `samplers` (DDPM, DDIM), `layers`, `unet`, `mlp`, `train`, `pretrained`, `data`,
+`classifier` and `metrics` (FID_self, KID), `checks`, `plotting`, `widgets`, `profiles`, `lessons`.
 """
 
 __version__ = "0.1.0"

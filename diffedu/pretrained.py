@@ -61,7 +61,7 @@ def export_weights(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path
     if state.get("model_config") is None or state.get("model_class") != "UNet":
         raise ValueError(f"export_weights needs a checkpoint of a diffedu UNet (with its config); this one holds "
                          f"a {state.get('model_class')} with config {state.get('model_config')}")
-    weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    weights = _ema_weights(state)
     size = sum(v.numel() * v.element_size() for v in weights.values())
     dtype = torch.float32 if size <= MAX_FP32_BYTES else torch.float16
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
@@ -75,6 +75,26 @@ def export_weights(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path
         "record": json.loads(json.dumps(record)),  # plain JSON types only: loads with weights_only=True
     }
     return atomic_save(payload, out_path)
+
+
+def _ema_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The EMA's state dict from a training checkpoint, without AveragedModel's prefix and counter."""
+    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+
+
+def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.device | str | None = None
+                          ) -> tuple[nn.Module, NoiseSchedule, dict[str, Any]]:
+    """The EMA U-Net of a training checkpoint (eval mode), its schedule, and the checkpoint's step and seconds."""
+    state = load_checkpoint(checkpoint)
+    if state.get("model_config") is None or state.get("model_class") != "UNet":
+        raise ValueError(f"{checkpoint} does not hold a diffedu UNet with its config")
+    model = UNet(UNetConfig(**state["model_config"]))
+    model.load_state_dict(_ema_weights(state))
+    sched = state["schedule"]
+    schedule = schedule_from_betas(sched["betas"], sched["name"])
+    device = torch.device(device) if device is not None else default_device()
+    return model.to(device).eval(), schedule.to(device), {"step": state["step"], "seconds": state["seconds"],
+                                                          "train_config": state["train_config"]}
 
 
 def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None = None, *,

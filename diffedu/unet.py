@@ -328,17 +328,19 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def mnist_small(**overrides: Any) -> UNetConfig:
-    """A U-Net for 28x28 MNIST that trains on a laptop CPU: 28 -> 14 -> 7, attention at 7x7, 1.1M params.
+    """A U-Net for 28x28 MNIST that trains on a laptop CPU: 28 -> 14 -> 7, attention at 7x7, 0.69M params.
 
-    One ResBlock per level (two on the way up) instead of DDPM's two: a training step costs about
-    60% of the two-block version, so more steps fit in a few CPU minutes.
+    Channels 16 -> 32 -> 64: few channels at full resolution, where convolutions are dear, and more at
+    7x7, where they are cheap (0.15 GFLOP per image, against 0.38 for base 32 with mults (1, 2, 2)).
+    One ResBlock per level (two on the way up) instead of DDPM's two, so more steps fit in a few
+    CPU minutes.
     Keyword arguments override fields, e.g. ``mnist_small(num_classes=10)``.
     """
     config = UNetConfig(
         image_size=28,
         in_channels=1,
-        base_channels=32,
-        channel_mults=(1, 2, 2),
+        base_channels=16,
+        channel_mults=(1, 2, 4),
         num_res_blocks=1,
         attention_resolutions=(7,),
         norm_groups=8,

@@ -1,0 +1,107 @@
+"""MNIST: train in a profile for a time budget, then measure sample quality and speed, DDPM against DDIM.
+
+1. Trains `mnist_small` with the course's loop (`python -m diffedu.train`, same defaults), or reuses the
+   checkpoint at --out when it has already spent its budget (its JSON record gives the training figures).
+2. Draws --samples images with DDPM (T steps) and with DDIM at each of --ddim-steps, all from the EMA
+   weights, and scores each set with `diffedu.metrics.evaluate_samples` (FID_self, KID, confident
+   fraction, with the real-vs-real floor at the same count).
+3. Appends figures to results/mnist_train.jsonl (training and DDPM quality) and results/ddim_steps.jsonl
+   (quality and time per batch against the number of steps), and saves a grid of samples per sampler.
+
+    DIFFEDU_DATA=/path/to/npz python benchmarks/mnist_quality.py --profile cpu --minutes 10 --out runs/mnist.pt
+
+Tests never time anything; this script does, and never fails on a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import RESULTS, record  # noqa: E402
+
+from diffedu.metrics import evaluate_samples  # noqa: E402
+from diffedu.plotting import image_grid  # noqa: E402
+from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
+from diffedu.pretrained import model_from_checkpoint  # noqa: E402
+from diffedu.train import main as train_main  # noqa: E402
+
+
+def sample(model, schedule, n: int, batch: int, seed: int, steps: int | None, device) -> tuple[torch.Tensor, float]:
+    """n samples in batches (DDPM when steps is None, else DDIM with `steps`); returns them and the seconds."""
+    out, started = [], time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, n, batch):
+        shape = (min(batch, n - start), 1, 28, 28)
+        if steps is None:
+            x = ddpm_sample(model, schedule, shape, generator=generator, clip_x0=True, device=device, progress=False)
+        else:
+            x = ddim_sample(model, schedule, shape, steps=steps, generator=generator, clip_x0=True, device=device,
+                            progress=False)
+        out.append(x.cpu())
+    return torch.cat(out), time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--out", default="runs/mnist_bench.pt", help="checkpoint; reused when its budget is spent")
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--batch", type=int, default=250, help="samples per sampling batch")
+    p.add_argument("--ddim-steps", type=int, nargs="*", default=[10, 20, 50, 100])
+    p.add_argument("--no-ddpm", action="store_true", help="skip DDPM (it costs T model calls per batch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="passed on to python -m diffedu.train")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    ckpt, record_path = Path(args.out), Path(args.out).with_suffix(".json")
+    done = ckpt.exists() and record_path.exists() and json.loads(record_path.read_text())["seconds"] >= args.minutes * 60
+    if not done:  # train (or resume) with the course's own command; it writes the JSON record
+        train_main(["--dataset", "mnist", "--preset", "mnist_small", "--profile", args.profile,
+                    "--minutes", str(args.minutes), "--out", args.out, *args.train_args])
+    train_record = json.loads(record_path.read_text())
+    model, schedule, state = model_from_checkpoint(ckpt, device="cpu" if args.profile != "gpu" else None)
+    device = next(model.parameters()).device
+    config = state["train_config"]
+    base = {"model": "mnist_small", "train_steps": state["step"], "train_seconds": round(state["seconds"], 1),
+            "batch": config["batch_size"], "lr": config["lr"], "seed": args.seed, "sample_count": args.samples,
+            "threads": train_record.get("threads"), "checkpoint": args.out, "train_command": train_record["command"]}
+    record("mnist_train", "train_images_per_s", train_record["images_per_second"], "images/s", profile=args.profile,
+           device=device, settings=base)
+
+    runs = ([] if args.no_ddpm else [("ddpm", None)]) + [("ddim", s) for s in args.ddim_steps]
+    for name, steps in runs:
+        x, seconds = sample(model, schedule, args.samples, args.batch, args.seed, steps, device)
+        scores = evaluate_samples(x, "mnist")
+        n_steps = schedule.T if steps is None else steps
+        settings = {**base, "sampler": name, "steps": n_steps, "sampling_batch": args.batch}
+        plt.imsave(RESULTS / f"mnist_{args.profile}_{args.minutes:g}min_{name}{n_steps}.png", image_grid(x[:64], nrow=16))
+        per_batch = seconds / -(-args.samples // args.batch)
+        print(f"\n{name} {n_steps} steps: {seconds:.0f} s for {args.samples} samples; "
+              f"FID_self {scores['fid_self']:.3f} (floor {scores['fid_self_floor']:.3f}), "
+              f"KID {scores['kid_self']:.4f}, confident {scores['confident_fraction']:.3f}")
+        benchmarks = ["ddim_steps"] + (["mnist_train"] if name == "ddpm" else [])
+        for bench in benchmarks:
+            for metric, value, unit in (
+                ("fid_self", scores["fid_self"], "dimensionless"),
+                ("fid_self_floor", scores["fid_self_floor"], "dimensionless"),
+                ("kid_self", scores["kid_self"], "dimensionless"),
+                ("confident_fraction", scores["confident_fraction"], "fraction"),
+                ("sample_seconds", per_batch, f"s per batch of {args.batch}"),
+            ):
+                record(bench, metric, value, unit, profile=args.profile, device=device, settings=settings)
+
+
+if __name__ == "__main__":
+    main()
