@@ -63,6 +63,7 @@ class Case:
     args: tuple
     kwargs: dict
     describe: str
+    nan_hint: str = ""  # the likely mistake when the learner's result holds NaN on this case
 
 
 def check_exercise(
@@ -94,6 +95,8 @@ def check_exercise(
         if problem is None:
             continue
         message = [f"{name} gives the wrong answer on a small case: {case.describe}", problem]
+        if case.nan_hint and problem.startswith("the result contains NaN"):
+            raise ExerciseError("\n  ".join([*message, f"Likely mistake: {case.nan_hint}"]))
         for mistake in mistakes:
             try:
                 wrong = mistake.compute(*case.args, **case.kwargs)
@@ -290,6 +293,10 @@ def check_ddim_step(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     cases = [
         Case((x_t, 7, 3, eps, sched, 0.0, z), {}, "3 points in 2-D, t = 7 -> t_prev = 3, eta = 0, a 10-step schedule"),
         Case((x_t, 7, 3, eps, sched, 1.0, z), {}, "3 points in 2-D, t = 7 -> t_prev = 3, eta = 1"),
+        Case((x_t, 2, -1, eps, sched, 0.0, z), {},
+             "3 points in 2-D, the last step t = 2 -> t_prev = -1 (to x_0, where alpha-bar_{-1} = 1), eta = 0",
+             nan_hint="at the last step (t_prev = -1) use alpha-bar_prev = 1: alphas_cumprod[-1] is the LAST "
+                      "entry of the schedule, so 1 - alpha-bar_t / alpha-bar_prev turns negative and its square root NaN."),
         Case((x_t, 2, -1, eps, sched, 1.0, z), {},
              "3 points in 2-D, the last step t = 2 -> t_prev = -1 (to x_0, where alpha-bar_{-1} = 1), eta = 1"),
         Case((x_t, 5, 4, eps, sched, 0.5, z), {}, "3 points in 2-D, t = 5 -> t_prev = 4, eta = 0.5"),

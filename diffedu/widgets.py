@@ -63,3 +63,83 @@ class ForwardNoisingExplorer(widgets.VBox):
             fig.tight_layout()
             display(fig)
             plt.close(fig)
+
+
+class DDIMExplorer(widgets.VBox):
+    """Sliders over DDIM's number of steps and eta; redraws samples from one fixed starting noise x_T.
+
+    x_T is drawn once (and, for eta > 0, the fresh noise of every step comes from a generator reseeded
+    at each redraw), so a change in the picture is due to the slider alone: fewer steps or more noise,
+    the same model, the same starting point.
+    """
+
+    def __init__(
+        self,
+        model,
+        schedule: NoiseSchedule,
+        *,
+        n: int = 8,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        steps: int = 20,
+        eta: float = 0.0,
+        max_steps: int = 100,
+        seed: int = 0,
+        nrow: int = 8,
+        clip_x0: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        from diffedu.samplers import model_device
+
+        if not 1 <= max_steps <= schedule.T:
+            raise ValueError(f"max_steps must lie in 1..T = {schedule.T}, got {max_steps}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= max_steps:
+            raise ValueError(f"steps must be an integer in 1..max_steps = {max_steps}, got {steps!r}")
+        if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n (the number of images) must be a positive integer, got {n!r}")
+        if len(image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
+        self.model = model
+        self.schedule = schedule
+        self.seed = seed
+        self.nrow = nrow
+        self.clip_x0 = clip_x0
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.x_T = torch.randn((n, *image_shape), generator=torch.Generator().manual_seed(seed))  # (n, C, H, W)
+        self.steps_slider = widgets.IntSlider(value=steps, min=1, max=max_steps, step=1, description="steps",
+                                              continuous_update=False, layout=widgets.Layout(width="50%"))
+        self.eta_slider = widgets.FloatSlider(value=float(eta), min=0.0, max=1.0, step=0.05, description="eta",
+                                              continuous_update=False, readout_format=".2f",
+                                              layout=widgets.Layout(width="40%"))
+        self.output = widgets.Output()
+        self.last_image: np.ndarray | None = None
+        self.last_samples: Tensor | None = None
+        self.steps_slider.observe(self._redraw, names="value")
+        self.eta_slider.observe(self._redraw, names="value")
+        super().__init__([widgets.HBox([self.steps_slider, self.eta_slider]), self.output])
+        self._redraw()
+
+    def _redraw(self, change=None) -> None:
+        import time
+
+        from diffedu.samplers import ddim_sample
+
+        steps, eta = int(self.steps_slider.value), float(self.eta_slider.value)
+        started = time.perf_counter()
+        samples = ddim_sample(self.model, self.schedule, tuple(self.x_T.shape), steps=steps, eta=eta,
+                              x_T=self.x_T, generator=torch.Generator().manual_seed(self.seed + 1),
+                              clip_x0=self.clip_x0, device=self.device, progress=False)
+        seconds = time.perf_counter() - started
+        self.last_samples = samples.cpu()
+        self.last_image = image_grid(self.last_samples.clamp(-1, 1), self.nrow)
+        with self.output:
+            self.output.clear_output(wait=True)
+            rows = int(np.ceil(len(samples) / self.nrow))
+            fig, ax = plt.subplots(figsize=(0.7 * min(self.nrow, len(samples)) + 0.5, 0.7 * rows + 0.6))
+            ax.imshow(self.last_image, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(f"DDIM, {steps} steps ({steps} model calls), eta = {eta:.2f}: {seconds:.2f} s", fontsize=9)
+            fig.tight_layout()
+            display(fig)
+            plt.close(fig)

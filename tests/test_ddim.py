@@ -317,3 +317,18 @@ def test_a_skipped_ddim_step_falls_back_to_the_reference():
         raise NotImplementedError
 
     assert checks.check_ddim_step(blank) is ddim_step
+
+
+def test_ddim_check_names_the_negative_index_at_the_last_step():
+    """alphas_cumprod[-1] is the last entry, not alpha-bar_{-1} = 1: the eta = 0 case names the mistake."""
+    from diffedu import checks
+
+    def negative_index(x_t, t, t_prev, eps, s, eta, noise):
+        abar, abar_prev = s.alphas_cumprod[t], s.alphas_cumprod[t_prev]
+        x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+        sigma = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
+        out = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).sqrt() * eps
+        return out + sigma * noise if eta > 0 else out
+
+    with pytest.raises(checks.ExerciseError, match="alphas_cumprod\\[-1\\]"):
+        checks.check_ddim_step(negative_index)

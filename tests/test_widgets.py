@@ -23,3 +23,47 @@ def test_explorer_refuses_bad_input():
         ForwardNoisingExplorer(torch.zeros(8, 8), {"linear": make_schedule("linear")})
     with pytest.raises(ValueError, match="at least one schedule"):
         ForwardNoisingExplorer(torch.zeros(1, 1, 8, 8), {})
+
+
+def _gaussian_eps_model(schedule, mu=0.2, s=0.5):
+    """The exact eps-prediction for data x0 ~ N(mu, s^2): a stand-in for a trained network."""
+
+    def model(x_t, t):
+        abar = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * s**2 + 1 - abar)
+
+    return model
+
+
+def test_ddim_explorer_redraws_when_each_slider_moves():
+    from diffedu.widgets import DDIMExplorer
+
+    schedule = make_schedule("linear", T=100)
+    explorer = DDIMExplorer(_gaussian_eps_model(schedule), schedule, n=4, image_shape=(1, 8, 8), steps=10, max_steps=50)
+    first = explorer.last_image.copy()
+    assert explorer.last_samples.shape == (4, 1, 8, 8)
+    explorer.steps_slider.value = 3
+    few_steps = explorer.last_image.copy()
+    assert not np.allclose(first, few_steps)
+    explorer.eta_slider.value = 1.0
+    assert not np.allclose(few_steps, explorer.last_image)
+    explorer.eta_slider.value = 0.0  # back to the start: eta = 0 is deterministic, so the same picture
+    assert np.allclose(few_steps, explorer.last_image)
+
+
+def test_ddim_explorer_refuses_values_out_of_range():
+    from diffedu.widgets import DDIMExplorer
+
+    schedule = make_schedule("linear", T=100)
+    model = _gaussian_eps_model(schedule)
+    for kwargs, match in [({"steps": 0}, "steps"), ({"steps": 51}, "steps"), ({"steps": 2.5}, "steps"),
+                          ({"eta": -0.1}, "eta"), ({"eta": 1.5}, "eta"), ({"max_steps": 101}, "max_steps"),
+                          ({"n": 0}, r"\bn\b"), ({"image_shape": (8, 8)}, "image_shape")]:
+        with pytest.raises(ValueError, match=match):
+            DDIMExplorer(model, schedule, image_shape=kwargs.pop("image_shape", (1, 8, 8)),
+                         **{"max_steps": 50, **kwargs})
+    explorer = DDIMExplorer(model, schedule, n=2, image_shape=(1, 8, 8), max_steps=50)
+    explorer.steps_slider.value = 500  # the slider itself keeps values in its range
+    assert explorer.steps_slider.value == 50
+    explorer.eta_slider.value = -1.0
+    assert explorer.eta_slider.value == 0.0
