@@ -1,0 +1,161 @@
+"""The course as a learner sees it: JupyterLab in a real (headless) Chromium.
+
+For every lesson that shows an explorer (a widget from diffedu.widgets, e.g. lesson 01's
+ForwardNoisingExplorer), the test starts JupyterLab on a copy of lessons/, opens the lesson, runs all
+cells from the Run menu, drags the explorer's first slider and checks that the picture changed.
+Screenshots of the explorer before and after go to test-artifacts/ (and of the whole page when a step fails).
+
+Needs Playwright for Python and Debian's `chromium` (see tests/browser_helpers.py). Without them the
+tests skip, except in CI (CI set), where they fail. Deselect them with  pytest -m "not browser".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from browser_helpers import (
+    JupyterLab, active_notebook, drag_slider, find_chromium, image_source, open_notebook, pid_alive, prompts, run_all_cells,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+EXPLORER_CALL = re.compile(r"\b(\w+Explorer)\(")
+
+
+def lessons_with_explorers() -> list[tuple[str, str]]:
+    """(lesson file name, explorer class) for the first explorer that each lesson builds, if any.
+
+    An explorer is a class from diffedu.widgets named *Explorer: an ipywidgets VBox whose first slider
+    redraws a picture shown in an ipywidgets Output (see diffedu/widgets.py).
+    """
+    import diffedu.widgets
+
+    found = []
+    for path in sorted((ROOT / "lessons").glob("*.ipynb")):
+        code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        calls = [m.group(1) for source in code for m in EXPLORER_CALL.finditer(source)]
+        calls = [name for name in calls if hasattr(diffedu.widgets, name)]
+        if calls:
+            found.append((path.name, calls[0]))
+    return found
+
+
+EXPLORERS = lessons_with_explorers()
+
+
+def test_lesson_01_has_the_forward_noising_explorer():
+    assert ("01_forward_noising.ipynb", "ForwardNoisingExplorer") in EXPLORERS
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab serving a copy of lessons/ (running cells must not write outputs into the repository)."""
+    for stale in ARTIFACTS.glob("*_failure.png"):  # from an earlier run
+        stale.unlink()
+    course = tmp_path_factory.mktemp("course")
+    shutil.copytree(ROOT / "lessons", course / "lessons")
+    server = JupyterLab(course, tmp_path_factory.mktemp("jupyter"))
+    try:
+        with server:
+            yield server
+    finally:  # the server is down now, whatever happened; keep its log next to the screenshots
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "jupyterlab.log").write_text(server.log_tail(50_000))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=find_chromium(), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, lab, request):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        if getattr(request.node, "call_failed", True):  # set by tests/conftest.py
+            ARTIFACTS.mkdir(exist_ok=True)
+            name = re.sub(r"[^\w.-]", "_", request.node.name)
+            page.screenshot(path=str(ARTIFACTS / f"{name}_failure.png"))
+        context.close()
+        lab.shutdown_kernels()  # free the lesson's memory before the next one
+
+
+@pytest.mark.browser
+def test_jupyterlab_uses_this_environment_and_serves_the_lessons(lab):
+    spec = lab.api("kernelspecs")
+    assert spec["default"] == "python3"
+    argv0 = spec["kernelspecs"]["python3"]["spec"]["argv"][0]
+    # "python" in a kernelspec means the Python that runs the server (jupyter_client's rule)
+    assert argv0 in ("python", "python3", sys.executable), f"JupyterLab's python3 kernel runs {argv0}, not {sys.executable}"
+    names = {item["name"] for item in lab.api("contents/lessons")["content"]}
+    assert {p.name for p in (ROOT / "lessons").glob("*.ipynb")} <= names
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("lesson, explorer", EXPLORERS, ids=[name.split("_")[0] for name, _ in EXPLORERS])
+def test_explorer_redraws_when_its_slider_moves(lab, page, lesson, explorer):
+    number = lesson.split("_")[0]
+    open_notebook(lab, page, f"lessons/{lesson}")
+    took = run_all_cells(page, timeout=240)
+    print(f"{lesson}: Run All Cells took {took:.1f} s in the browser")
+
+    cell = active_notebook(page).locator(".jp-CodeCell").filter(has_text=f"{explorer}(").first
+    widget = cell.locator(".jp-OutputArea-output .widget-vbox").first
+    widget.wait_for(timeout=30_000)
+    widget.scroll_into_view_if_needed()
+    slider = widget.locator(".widget-slider").first
+    readout = slider.locator(".widget-readout").first
+    image = widget.locator(".widget-output").first
+    before_src, before_value = image_source(image), readout.inner_text().strip()
+    ARTIFACTS.mkdir(exist_ok=True)
+    widget.screenshot(path=str(ARTIFACTS / f"lesson{number}_explorer_before.png"))
+
+    drag_slider(page, slider, 0.3)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and image_source(image) == before_src:
+        time.sleep(0.25)
+    after_value = readout.inner_text().strip()
+    widget.screenshot(path=str(ARTIFACTS / f"lesson{number}_explorer_after.png"))
+
+    assert after_value != before_value, f"the slider did not move: its readout still says {before_value}"
+    assert image_source(image) != before_src, (
+        f"the explorer's image did not change after the slider moved from {before_value} to {after_value}")
+    assert all(re.fullmatch(r"\[\d+\]:", p) for p in prompts(page))
+
+
+def test_jupyterlab_is_shut_down_when_a_step_fails(tmp_path):
+    """The server and its kernels go away even when the test body raises (no Chromium needed)."""
+    (tmp_path / "course").mkdir()
+    lab = JupyterLab(tmp_path / "course", tmp_path / "jupyter")
+    with pytest.raises(RuntimeError, match="a step failed"):
+        with lab:
+            lab.api("kernels", method="POST")  # a kernel, as a notebook would start
+            group = lab.process.pid
+            raise RuntimeError("a step failed")
+    assert lab.process is None
+    if Path("/proc").is_dir():  # Linux: the helper finds the server's kernels through /proc
+        assert lab.stopped_children, "the kernel should have been a child of the server"
+    assert not [pid for pid in lab.stopped_children if pid_alive(pid)], "a kernel outlived the server"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)  # nothing of the server's process group is left
+    with socket.create_server(("127.0.0.1", lab.port)):  # and its port is free again
+        pass
