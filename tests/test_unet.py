@@ -84,9 +84,10 @@ def test_shape_trace() -> None:
     names = [name for name, _ in trace]
     assert trace[0] == ("input", (2, 1, 28, 28))
     assert trace[-1] == ("out", (2, 1, 28, 28))
-    assert ("time_embed", (2, 128)) in trace
-    assert ("down.1 Downsample", (2, 32, 14, 14)) in trace
-    assert ("mid_attn", (2, 64, 7, 7)) in trace
+    base, mults = config.base_channels, config.channel_mults
+    assert ("time_embed", (2, 4 * base)) in trace
+    assert ("down.1 Downsample", (2, base * mults[0], 14, 14)) in trace  # downsampling keeps the channels
+    assert ("mid_attn", (2, base * mults[-1], 7, 7)) in trace
     assert any(name.startswith("up.") and "Upsample" in name for name in names)
     smallest = min(shape[-1] for name, shape in trace if name != "time_embed")
     assert smallest == 7
