@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffedu.profiles import device_name
+from diffedu.train import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def record(benchmark: str, metric: str, value: float, unit: str, *, profile: str,

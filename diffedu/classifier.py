@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffedu.data import DATASETS, IMAGE_SHAPES, load_dataset, uint8_to_float
+from diffedu.profiles import device_name
 
 __all__ = [
     "Classifier",
@@ -277,18 +278,12 @@ def train_classifier(dataset: str = "mnist", *, config: ClassifierConfig | None 
         "test_images": len(test),
         "train_images": len(train),
         "data_source": train.source,
-        "training": {**asdict(settings), "seconds": round(time.perf_counter() - start, 1), "device": _device_name(device),
+        "training": {**asdict(settings), "seconds": round(time.perf_counter() - start, 1), "device": device_name(device),
                      "threads": torch.get_num_threads(), "torch": str(torch.__version__),
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "history": history},
     }
     return model, record
-
-
-def _device_name(device: torch.device) -> str:
-    from diffedu.profiles import device_name
-
-    return device_name(device)
 
 
 def _plain(value: Any) -> Any:

@@ -587,7 +587,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         "images_per_second": round(result.images_per_second, 1), "interrupted": result.interrupted,
         "threads": torch.get_num_threads(),
         "final_loss": sum(tail) / max(len(tail), 1), "device": device_name(device), "torch": str(torch.__version__),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": _git_commit(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(),
     }
     record_path = args.out.with_suffix(".json")
     tmp = record_path.with_name(f".{record_path.name}.tmp")
@@ -603,7 +603,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     return result
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """The repository's HEAD commit, with "-dirty" when tracked files changed; None outside git."""
     try:
         root = Path(__file__).resolve().parent
         run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=5)  # noqa: E731
