@@ -30,12 +30,13 @@ from record import RESULTS, record  # noqa: E402
 from diffedu.metrics import evaluate_samples  # noqa: E402
 from diffedu.plotting import image_grid  # noqa: E402
 from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
-from diffedu.pretrained import model_from_checkpoint  # noqa: E402
+from diffedu.pretrained import load_pretrained, model_from_checkpoint  # noqa: E402
 from diffedu.train import main as train_main  # noqa: E402
 
 
-def sample(model, schedule, n: int, batch: int, seed: int, steps: int | None, device) -> tuple[torch.Tensor, float]:
-    """n samples in batches (DDPM when steps is None, else DDIM with `steps`); returns them and the seconds."""
+def sample(model, schedule, n: int, batch: int, seed: int, steps: int | None, device,
+           eta: float = 0.0) -> tuple[torch.Tensor, float]:
+    """n samples in batches (DDPM when steps is None, else DDIM with `steps` and `eta`); returns them and the seconds."""
     out, started = [], time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, n, batch):
@@ -43,8 +44,8 @@ def sample(model, schedule, n: int, batch: int, seed: int, steps: int | None, de
         if steps is None:
             x = ddpm_sample(model, schedule, shape, generator=generator, clip_x0=True, device=device, progress=False)
         else:
-            x = ddim_sample(model, schedule, shape, steps=steps, generator=generator, clip_x0=True, device=device,
-                            progress=False)
+            x = ddim_sample(model, schedule, shape, steps=steps, eta=eta, generator=generator, clip_x0=True,
+                            device=device, progress=False)
         out.append(x.cpu())
     return torch.cat(out), time.perf_counter() - started
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--batch", type=int, default=250, help="samples per sampling batch")
     p.add_argument("--ddim-steps", type=int, nargs="*", default=[10, 20, 50, 100])
+    p.add_argument("--etas", type=float, nargs="*", default=[0.0], help="DDIM eta values (each with every step count)")
+    p.add_argument("--checkpoint", default=None, help="score this checkpoint or exported weights file; no training")
     p.add_argument("--no-ddpm", action="store_true", help="skip DDPM (it costs T model calls per batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -65,30 +68,37 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    ckpt, record_path = Path(args.out), Path(args.out).with_suffix(".json")
-    done = ckpt.exists() and record_path.exists() and json.loads(record_path.read_text())["seconds"] >= args.minutes * 60
-    if not done:  # train (or resume) with the course's own command; it writes the JSON record
-        train_main(["--dataset", "mnist", "--preset", "mnist_small", "--profile", args.profile,
-                    "--minutes", str(args.minutes), "--out", args.out, *args.train_args])
-    train_record = json.loads(record_path.read_text())
-    model, schedule, state = model_from_checkpoint(ckpt, device="cpu" if args.profile != "gpu" else None)
+    if args.checkpoint:  # a shipped model (diffedu/weights/NAME.pt): score it, no training
+        model, schedule, info = load_pretrained(args.checkpoint, device="cpu" if args.profile != "gpu" else None)
+        train_record, config, ckpt_name = info["record"], info["record"]["train_config"], args.checkpoint
+        state = {"step": train_record["steps"], "seconds": train_record["seconds"]}
+    else:
+        ckpt, record_path = Path(args.out), Path(args.out).with_suffix(".json")
+        done = ckpt.exists() and record_path.exists() and json.loads(record_path.read_text())["seconds"] >= args.minutes * 60
+        if not done:  # train (or resume) with the course's own command; it writes the JSON record
+            train_main(["--dataset", "mnist", "--preset", "mnist_small", "--profile", args.profile,
+                        "--minutes", str(args.minutes), "--out", args.out, *args.train_args])
+        train_record = json.loads(record_path.read_text())
+        model, schedule, state = model_from_checkpoint(ckpt, device="cpu" if args.profile != "gpu" else None)
+        config, ckpt_name = state["train_config"], args.out
     device = next(model.parameters()).device
-    config = state["train_config"]
     base = {"model": "mnist_small", "train_steps": state["step"], "train_seconds": round(state["seconds"], 1),
             "batch": config["batch_size"], "lr": config["lr"], "seed": args.seed, "sample_count": args.samples,
-            "threads": train_record.get("threads"), "checkpoint": args.out, "train_command": train_record["command"]}
-    record("mnist_train", "train_images_per_s", train_record["images_per_second"], "images/s", profile=args.profile,
-           device=device, settings=base)
+            "threads": train_record.get("threads"), "checkpoint": ckpt_name, "train_command": train_record["command"]}
+    if not args.checkpoint:  # a shipped model's training speed was recorded when it was trained
+        record("mnist_train", "train_images_per_s", train_record["images_per_second"], "images/s",
+               profile=args.profile, device=device, settings=base)
 
-    runs = ([] if args.no_ddpm else [("ddpm", None)]) + [("ddim", s) for s in args.ddim_steps]
-    for name, steps in runs:
-        x, seconds = sample(model, schedule, args.samples, args.batch, args.seed, steps, device)
+    runs = ([] if args.no_ddpm else [("ddpm", None, 1.0)]) + [("ddim", s, e) for e in args.etas for s in args.ddim_steps]
+    for name, steps, eta in runs:
+        x, seconds = sample(model, schedule, args.samples, args.batch, args.seed, steps, device, eta)
         scores = evaluate_samples(x, "mnist")
         n_steps = schedule.T if steps is None else steps
-        settings = {**base, "sampler": name, "steps": n_steps, "sampling_batch": args.batch}
-        plt.imsave(RESULTS / f"mnist_{args.profile}_{args.minutes:g}min_{name}{n_steps}.png", image_grid(x[:64], nrow=16))
+        settings = {**base, "sampler": name, "steps": n_steps, "eta": eta, "sampling_batch": args.batch}
+        tag = f"{name}{n_steps}" + (f"_eta{eta:g}" if name == "ddim" and eta else "")
+        plt.imsave(RESULTS / f"mnist_{args.profile}_{args.checkpoint or f'{args.minutes:g}min'}_{tag}.png", image_grid(x[:64], nrow=16))
         per_batch = seconds / -(-args.samples // args.batch)
-        print(f"\n{name} {n_steps} steps: {seconds:.0f} s for {args.samples} samples; "
+        print(f"\n{name} {n_steps} steps (eta {eta:g}): {seconds:.0f} s for {args.samples} samples; "
               f"FID_self {scores['fid_self']:.3f} (floor {scores['fid_self_floor']:.3f}), "
               f"KID {scores['kid_self']:.4f}, confident {scores['confident_fraction']:.3f}")
         benchmarks = ["ddim_steps"] + (["mnist_train"] if name == "ddpm" else [])

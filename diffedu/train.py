@@ -81,7 +81,7 @@ class TrainConfig:
     fused_adam: bool = False
     prediction: Prediction = "eps"
     cond_drop_prob: float = 0.0  # labels -> null_label with this probability (classifier-free guidance)
-    null_label: int | None = None  # None: the model's config.num_classes (diffedu's UNet convention)
+    null_label: int | tuple[int, ...] | None = None  # None: config.num_classes; a tuple: the null row (empty prompt)
     seed: int = 0
     checkpoint_every: int | None = 500  # steps
     checkpoint_every_seconds: float | None = None
@@ -169,11 +169,17 @@ def make_ema(model: nn.Module, decay: float = 0.999, warmup: bool = True) -> Ave
     return ema
 
 
-def drop_labels(labels: Tensor, p: float, null_label: int, generator: torch.Generator | None = None) -> Tensor:
-    """Replace each label by `null_label` with probability p (classifier-free guidance training)."""
+def drop_labels(labels: Tensor, p: float, null_label: int | Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Replace each example's condition by `null_label` with probability p (classifier-free guidance training).
+
+    ``labels`` is (N,) class labels or (N, ...) per-example conditions (token ids, say); a whole row is
+    dropped at once. ``null_label`` is an int or a tensor of one row's shape (the empty prompt's tokens).
+    """
     device = generator.device if generator is not None else labels.device
-    keep = torch.rand(labels.shape, generator=generator, device=device) >= p
-    return torch.where(keep.to(labels.device), labels, torch.full_like(labels, null_label))
+    keep = torch.rand(labels.shape[0], generator=generator, device=device) >= p
+    keep = keep.to(labels.device).view(-1, *([1] * (labels.ndim - 1)))
+    null = torch.as_tensor(null_label, dtype=labels.dtype, device=labels.device)
+    return torch.where(keep, labels, null.expand_as(labels))
 
 
 def train_step(
