@@ -8,9 +8,12 @@ which in turn follows the PixelCNN++ / Wide-ResNet U-Net:
 - ``ResBlock``: GroupNorm -> SiLU -> conv, plus the time embedding, GroupNorm -> SiLU -> dropout -> conv,
   with a residual connection.
 - ``SelfAttention``: multi-head dot-product attention over the H*W pixel positions.
+- ``CrossAttention``: the pixel positions attend to a sequence of text tokens (lesson 09; Rombach et
+  al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models").
 - ``Downsample`` / ``Upsample``: halve / double the spatial size.
 
-Shapes use B (batch), C (channels), H, W (height, width), nh (heads), hd (channels per head).
+Shapes use B (batch), C (channels), H, W (height, width), nh (heads), hd (channels per head),
+L (text tokens) and D (the text encoder's width).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "CrossAttention",
     "Downsample",
     "ResBlock",
     "SelfAttention",
@@ -165,6 +169,70 @@ class SelfAttention(nn.Module):
         h = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
         h = h.transpose(-1, -2).reshape(B, C, H, W)  # (B, nh, hd, N) -> (B, C, H, W)
         return x + self.proj(h)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention from pixels to text tokens, with a residual, (B, C, H, W) -> same.
+
+    Queries come from the image, keys and values from the context (one vector per text token), and
+    padding tokens are never attended to. With ``h = GroupNorm(x)`` flattened to N = H*W positions,
+    ``c`` the context (B, L, D) and ``m`` its mask (B, L) (True = a real token):
+
+        q = Conv1x1_q(h)          (B, N, C)          one query per pixel
+        k, v = Linear_kv(c)       (B, L, C) each     one key and one value per token
+        head_j = softmax(q_j k_j^T / sqrt(hd) + log m) v_j           (log m = -inf at PAD: weight 0)
+        out    = x + Conv1x1(concat_j head_j)
+
+    Each pixel takes a weighted mean of the token values, with weights over the L tokens summing to
+    1. The output projection starts at zero, so a fresh block is the identity: a model gains text
+    conditioning without losing what it could do before.
+    """
+
+    def __init__(self, channels: int, context_dim: int, *, num_heads: int = 1, norm_groups: int = 32) -> None:
+        super().__init__()
+        if num_heads < 1 or channels % num_heads != 0:
+            raise ValueError(
+                f"CrossAttention needs channels divisible by num_heads, got channels={channels}, "
+                f"num_heads={num_heads}; choose a head count that divides {channels}"
+            )
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, norm_groups)
+        self.q = nn.Conv2d(channels, channels, kernel_size=1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, kernel_size=1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        q, k, v = self.qkv(x, context)  # (B, nh, N, hd), (B, nh, L, hd), (B, nh, L, hd)
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, L): every head, pixel
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, N, hd)
+        B, C, H, W = x.shape
+        h = h.transpose(-1, -2).reshape(B, C, H, W)  # (B, nh, hd, N) -> (B, C, H, W)
+        return x + self.proj(h)
+
+    def qkv(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries from the pixels, keys and values from the tokens, split into heads."""
+        B, C, H, W = x.shape
+        if context.ndim != 3 or context.shape[0] != B:
+            raise ValueError(f"context must be (B={B}, L, D) token vectors, got shape {tuple(context.shape)}")
+        nh, L = self.num_heads, context.shape[1]
+        q = self.q(self.norm(x)).reshape(B, nh, C // nh, H * W).transpose(-1, -2)  # (B, nh, N, hd)
+        kv = self.kv(context).reshape(B, L, 2, nh, C // nh)  # (B, L, 2, nh, hd), channels ordered [k | v]
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(dim=0)  # each (B, nh, L, hd)
+        return q, k, v
+
+    def attention_weights(self, x: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """The attention weights softmax(q k^T / sqrt(hd)) over the tokens, (B, nh, H*W, L); 0 at PAD.
+
+        The same numbers `forward` uses inside ``scaled_dot_product_attention``, computed explicitly so they
+        can be looked at (lesson 09 draws one map per word).
+        """
+        q, k, _ = self.qkv(x, context)
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, nh, N, L)
+        if context_mask is not None:
+            scores = scores.masked_fill(~context_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(dim=-1)
 
 
 class Downsample(nn.Module):

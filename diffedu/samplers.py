@@ -4,6 +4,11 @@ Every sampler is a plain function with the same shape of signature,
 `sampler(model, schedule, shape, *, generator=None, callback=None, ...)`, and one readable loop.
 After each step it calls `callback({"i": i, "t": t, "x": x, "pred_x0": pred_x0})`, so plots,
 animations and widgets need no change to the sampler.
+
+Conditioning: `cond=` is passed to the model, (B,) class labels or (B, L) token ids. With
+`guidance=w, uncond=null` each model call becomes classifier-free guidance (see `diffedu.guidance`):
+the conditional and unconditional passes share one batched call and their outputs are combined
+as out_uncond + w (out_cond - out_uncond).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch import Tensor, nn
 
+from diffedu.guidance import cfg_combine, expand_uncond, guided_output  # noqa: F401 (re-exported)
 from diffedu.predictions import Prediction, check_prediction, eps_from_x0, to_x0_and_eps
 from diffedu.schedules import NoiseSchedule
 
@@ -63,6 +69,8 @@ def ddpm_sample(
     callback: Callback | None = None,
     x_T: Tensor | None = None,  # noqa: N803
     cond: Tensor | None = None,
+    guidance: float | None = None,
+    uncond: Tensor | None = None,
     prediction: Prediction = "eps",
     variance: Variance = "beta",
     clip_x0: bool = False,
@@ -78,7 +86,9 @@ def ddpm_sample(
         generator: makes the draws (x_T, then z at each step) reproducible.
         callback: called after each step with {"i", "t", "x", "pred_x0"}.
         x_T: the starting noise; drawn when None.
-        cond: conditioning passed through to the model.
+        cond: conditioning passed through to the model: (B,) labels or (B, L) token ids.
+        guidance: classifier-free guidance scale w (None: off, the model sees cond alone).
+        uncond: the null condition for guidance, one row (e.g. torch.tensor(K)) or a batch like cond.
         prediction: what the model outputs ("eps", "x0" or "v").
         variance: sigma_t^2 = beta_t or beta-tilde_t.
         clip_x0: clamp the predicted x_0 to [-1, 1] at each step (helps images; leave off for other data).
@@ -92,7 +102,10 @@ def ddpm_sample(
         raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape={tuple(shape)}")
     with eval_mode(model):
         for i, t in enumerate(progress_bar(range(schedule.T - 1, -1, -1), progress, "DDPM")):
-            pred_x0, eps = predict(model, x, t, schedule, cond=cond, prediction=prediction, clip_x0=clip_x0)
+            pred_x0, eps = predict(
+                model, x, t, schedule, cond=cond, guidance=guidance, uncond=uncond,
+                prediction=prediction, clip_x0=clip_x0,
+            )
             noise = randn(shape, generator, device) if t > 0 else torch.zeros_like(x)
             x = ddpm_step(x, t, eps, schedule, noise, variance)
             if callback is not None:
@@ -107,12 +120,25 @@ def predict(
     schedule: NoiseSchedule,
     *,
     cond: Tensor | None = None,
+    guidance: float | None = None,
+    uncond: Tensor | None = None,
     prediction: Prediction = "eps",
     clip_x0: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Call the model at step t and return its (pred_x0, eps), with x_0 optionally clamped to [-1, 1]."""
+    """Call the model at step t and return its (pred_x0, eps), with x_0 optionally clamped to [-1, 1].
+
+    Without guidance the model is called as model(x_t, t) or model(x_t, t, cond). With guidance=w it
+    is called ONCE on the doubled batch, model(cat[x_t, x_t], cat[t, t], cat[cond, uncond]), and the
+    halves are combined, output = out_uncond + w (out_cond - out_uncond), before converting to
+    (x0, eps). For "eps", "x0" and "v" models alike the conversion is linear in the output (with the
+    same x_t), so combining outputs equals combining the eps (or x0) each half implies. `uncond` is
+    ignored when guidance is None.
+    """
     t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-    output = model(x_t, t_batch) if cond is None else model(x_t, t_batch, cond)
+    if guidance is not None:
+        output = guided_output(model, x_t, t_batch, cond, uncond, guidance)
+    else:
+        output = model(x_t, t_batch) if cond is None else model(x_t, t_batch, cond)
     output = output.float()
     pred_x0, eps = to_x0_and_eps(output, x_t, t_batch, schedule, prediction)
     if clip_x0:
@@ -273,6 +299,8 @@ def ddim_sample(
     callback: Callback | None = None,
     x_T: Tensor | None = None,  # noqa: N803
     cond: Tensor | None = None,
+    guidance: float | None = None,
+    uncond: Tensor | None = None,
     prediction: Prediction = "eps",
     clip_x0: bool = False,
     device: torch.device | str | None = None,
@@ -302,7 +330,10 @@ def ddim_sample(
     with eval_mode(model):
         for i, t in enumerate(progress_bar(timesteps, progress, "DDIM")):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            pred_x0, eps = predict(model, x, t, schedule, cond=cond, prediction=prediction, clip_x0=clip_x0)
+            pred_x0, eps = predict(
+                model, x, t, schedule, cond=cond, guidance=guidance, uncond=uncond,
+                prediction=prediction, clip_x0=clip_x0,
+            )
             noise = randn(shape, generator, device) if eta > 0 and t_prev >= 0 else None
             x = ddim_step(x, t, t_prev, eps, schedule, eta, noise, pred_x0=pred_x0)
             if callback is not None:
@@ -319,6 +350,8 @@ def ddim_invert(
     steps: int,
     spacing: Spacing = "uniform",
     cond: Tensor | None = None,
+    guidance: float | None = None,
+    uncond: Tensor | None = None,
     prediction: Prediction = "eps",
     callback: Callback | None = None,
     progress: bool = True,
@@ -336,6 +369,7 @@ def ddim_invert(
     known when inverting, so the inversion uses eps at the current point (x_s, s) instead. The two
     agree as the steps get small (or where eps barely changes along the path), so
     `ddim_sample(x_T=ddim_invert(x0, steps=S), steps=S, eta=0)` returns close to x0, closer as S grows.
+    `cond`, `guidance` and `uncond` work as in `ddim_sample` (invert and sample with the same ones).
     The callback gets {"i", "t", "x", "pred_x0"} with x the new x_t.
     """
     check_prediction(prediction)
@@ -344,7 +378,7 @@ def ddim_invert(
     with eval_mode(model):
         for i, t in enumerate(progress_bar(timesteps, progress, "DDIM inversion")):
             s = timesteps[i - 1] if i > 0 else timesteps[0]  # the time of the current x
-            pred_x0, eps = predict(model, x, s, schedule, cond=cond, prediction=prediction)
+            pred_x0, eps = predict(model, x, s, schedule, cond=cond, guidance=guidance, uncond=uncond, prediction=prediction)
             if i == 0:
                 pred_x0 = x0  # still at the data: nothing to predict
             abar_t = schedule.alphas_cumprod[t].item()

@@ -12,6 +12,13 @@ lr(step) warms up linearly over ``warmup_steps``, then stays constant or follows
 guidance, a progress bar, previews through a callback, atomic checkpoints that hold only state
 dicts (they load with ``torch.load(..., weights_only=True)``), exact resumption, Ctrl-C that saves
 and returns, and a clear error when the loss stops being finite.
+
+The data stay on the device (`diffedu.device_data`): uint8 pixels or floats, batches gathered by
+random index there, with random horizontal flips when ``flip=True``. The speed switches of lesson 06
+(``amp``, ``channels_last``, ``compile``, ``fused_adam``, ``ema_impl``, and a larger batch with
+`scale_learning_rate`) each change one thing. Under ``torchrun`` the same loop runs data-parallel
+over several GPUs (`diffedu.distributed`): every rank draws the global batch's indices, flips, t and
+noise from one generator and trains on its slice, so W processes take the steps one process would.
 """
 
 from __future__ import annotations
@@ -36,20 +43,25 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from diffedu import distributed
+from diffedu.device_data import DeviceImages, draw_flips, draw_indices, rank_slice
 from diffedu.losses import ddpm_loss
 from diffedu.predictions import Prediction, check_prediction
 from diffedu.profiles import default_device, device_name
 from diffedu.schedules import NoiseSchedule, SCHEDULES, make_schedule
 
 __all__ = [
-    "CheckpointError", "TrainConfig", "TrainResult", "TrainingDiverged", "atomic_save", "drop_labels",
-    "learning_rate", "load_checkpoint", "main", "make_ema", "save_checkpoint", "train", "train_step",
+    "EMA", "CheckpointError", "TrainConfig", "TrainResult", "TrainingDiverged", "atomic_save", "draw_batch",
+    "drop_labels", "learning_rate", "load_checkpoint", "main", "make_ema", "save_checkpoint", "scale_learning_rate",
+    "train", "train_step",
 ]
 
 FORMAT = "diffedu-checkpoint"
 FORMAT_VERSION = 1
 AMP_MODES = ("auto", "bf16", "off")
 LR_DECAYS = ("constant", "cosine")
+EMA_IMPLS = ("foreach", "swa_utils")
+LR_SCALINGS = ("sqrt", "linear")
 SYNC_EVERY = 10  # on a GPU, read the losses back every this many steps (one sync, not one per step)
 
 
@@ -76,9 +88,11 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True  # d = min(ema_decay, (1 + n) / (10 + n)): early EMA follows the model
     amp: Literal["auto", "bf16", "off"] = "auto"  # "auto": bf16 autocast on CUDA only
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model's forward
-    fused_adam: bool = False
+    channels_last: bool = False  # NHWC memory layout for the model's weights, the batch and the noise
+    compile: bool = False  # torch.compile the model (forward and, through AOTAutograd, backward)
+    fused_adam: bool = False  # AdamW(fused=True): one kernel for the whole update (else PyTorch's default)
+    ema_impl: Literal["foreach", "swa_utils"] = "foreach"  # see `EMA`: "swa_utils" is AveragedModel's own update
+    flip: bool = False  # random horizontal flips of image batches (for CIFAR-10; not for digits)
     prediction: Prediction = "eps"
     cond_drop_prob: float = 0.0  # labels -> null_label with this probability (classifier-free guidance)
     null_label: int | tuple[int, ...] | None = None  # None: config.num_classes; a tuple: the null row (empty prompt)
@@ -107,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"unknown amp {self.amp!r}; choose one of {', '.join(map(repr, AMP_MODES))}")
+        if self.ema_impl not in EMA_IMPLS:
+            raise ValueError(f"unknown ema_impl {self.ema_impl!r}; choose one of {', '.join(map(repr, EMA_IMPLS))}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"unknown lr_decay {self.lr_decay!r}; choose one of {', '.join(map(repr, LR_DECAYS))}")
         if self.lr_decay == "cosine" and self.steps is None:
@@ -119,11 +135,11 @@ class TrainResult:
     """What `train` returns. Sample from ``ema`` (in eval mode); ``model`` holds the raw weights."""
 
     model: nn.Module
-    ema: nn.Module
-    losses: list[float]  # one per step, the whole history (earlier runs included when resumed)
+    ema: nn.Module | None  # None on ranks other than 0 under torchrun (rank 0 keeps the EMA)
+    losses: list[float]  # one per step (the global batch's mean), the whole history (earlier runs included)
     step: int
     seconds: float  # training wall-clock, earlier runs included, previews excluded
-    images_per_second: float  # in this call
+    images_per_second: float  # in this call, over all processes
     interrupted: bool
     checkpoint: Path | None
     config: TrainConfig = field(repr=False)
@@ -150,23 +166,88 @@ def ema_update(ema_params: list[Tensor], params: list[Tensor], decay: float) -> 
     torch._foreach_add_(ema_params, params)  # decay ema + (1 - decay) theta
 
 
-def make_ema(model: nn.Module, decay: float = 0.999, warmup: bool = True) -> AveragedModel:
-    """An exponential moving average of `model`'s weights (`torch.optim.swa_utils.AveragedModel`).
+class EMA(AveragedModel):
+    """An exponential moving average of a model's weights: a `torch.optim.swa_utils.AveragedModel`
+    (same state dict) whose update never waits for the GPU.
 
         theta_ema <- d theta_ema + (1 - d) theta,   d = min(decay, (1 + n) / (10 + n)) with warm-up
 
-    where n counts the updates so far, so an early EMA follows the model instead of staying near
-    its random start. Call ``ema.update_parameters(model)`` after each step; sample from ``ema.module``.
+    where n counts the updates so far (the first update copies), so an early EMA follows the model
+    instead of staying near its random start. ``impl="foreach"``: `ema_update`'s three foreach kernels
+    over all parameters, and the buffers copied with one more; n is a Python int. ``impl="swa_utils"``:
+    AveragedModel's own ``update_parameters``, which loops over the parameters in Python and, on a GPU,
+    copies its CPU counter n to the device every step (a host-device synchronisation; our ``float(n)``
+    reads it back, a second one). Both give the same numbers; lesson 06 measures the difference.
     """
 
-    def update(ema_params: list[Tensor], params: list[Tensor], n: Tensor) -> None:
-        # n_averaged stays on the CPU (we never .to() the wrapper), so reading it never waits for a GPU.
-        count = float(n)
-        ema_update(ema_params, params, min(decay, (1.0 + count) / (10.0 + count)) if warmup else decay)
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True,
+                 impl: Literal["foreach", "swa_utils"] = "foreach") -> None:
+        if impl not in EMA_IMPLS:
+            raise ValueError(f"unknown EMA impl {impl!r}; choose one of {', '.join(map(repr, EMA_IMPLS))}")
 
-    ema = AveragedModel(model, multi_avg_fn=update, use_buffers=False)
-    ema.module.eval()
-    return ema
+        def update(ema_params: list[Tensor], params: list[Tensor], n: Tensor) -> None:  # the swa_utils path
+            ema_update(ema_params, params, self.decay_at(int(n)))
+
+        super().__init__(model, multi_avg_fn=update, use_buffers=False)
+        self.decay, self.warmup, self.impl = decay, warmup, impl
+        self._count: int | None = None  # n as a Python int, read from the n_averaged buffer once
+        self.module.eval()
+
+    def decay_at(self, n: int) -> float:
+        """d for the update after n earlier ones: min(decay, (1 + n) / (10 + n)) with warm-up, else decay."""
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        """theta_ema <- d theta_ema + (1 - d) theta for every parameter; buffers are copied."""
+        if self.impl == "swa_utils":
+            super().update_parameters(model)
+            self._count = None
+            return
+        if self._count is None:
+            self._count = int(self.n_averaged)  # a CPU buffer unless moved: no wait
+        ema_params, params = list(self.module.parameters()), list(model.parameters())
+        if self._count == 0:
+            torch._foreach_copy_(ema_params, params)
+        else:
+            ema_update(ema_params, params, self.decay_at(self._count))
+        ema_buffers, buffers = list(self.module.buffers()), list(model.buffers())
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
+        self._count += 1
+        self.n_averaged.fill_(self._count)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        self._count = None  # read n again from the loaded buffer
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def make_ema(model: nn.Module, decay: float = 0.999, warmup: bool = True,
+             impl: Literal["foreach", "swa_utils"] = "foreach") -> EMA:
+    """An `EMA` of `model`'s weights: call ``ema.update_parameters(model)`` after each step, sample from
+    ``ema.module`` (a copy of the model, in eval mode).
+
+        theta_ema <- d theta_ema + (1 - d) theta,   d = min(decay, (1 + n) / (10 + n)) with warm-up
+    """
+    return EMA(model, decay, warmup, impl)
+
+
+def scale_learning_rate(lr: float, batch_size: int, base_batch_size: int,
+                        rule: Literal["sqrt", "linear"] = "sqrt") -> float:
+    """The learning rate for `batch_size`, given `lr` that works at `base_batch_size`; k = batch_size / base:
+
+        linear:  lr * k         keeps the step per example fixed: plain SGD (Goyal et al. 2017)
+        sqrt:    lr * sqrt(k)   keeps the update's noise fixed: Adam and AdamW (Malladi et al. 2022)
+
+    Both hold up to some "critical" batch size; beyond it a larger batch buys little per step.
+    """
+    if rule not in LR_SCALINGS:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(map(repr, LR_SCALINGS))}")
+    if not (lr > 0 and batch_size >= 1 and base_batch_size >= 1):
+        raise ValueError(f"need lr > 0 and positive batch sizes, got lr={lr}, batch_size={batch_size}, "
+                         f"base_batch_size={base_batch_size}")
+    k = batch_size / base_batch_size
+    return lr * (k if rule == "linear" else math.sqrt(k))
 
 
 def drop_labels(labels: Tensor, p: float, null_label: int | Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -189,6 +270,8 @@ def train_step(
     schedule: NoiseSchedule,
     *,
     cond: Tensor | None = None,
+    t: Tensor | None = None,
+    eps: Tensor | None = None,
     generator: torch.Generator | None = None,
     prediction: Prediction = "eps",
     grad_clip: float | None = 1.0,
@@ -196,21 +279,67 @@ def train_step(
 ) -> tuple[Tensor, Tensor | None]:
     """One optimisation step on the batch x0: loss, backward, clip, update. Returns (loss, grad norm).
 
-    Both are detached device tensors (reading them would wait for the GPU); the norm is the one
+    ``t`` and ``eps`` are drawn from ``generator`` when not given (`draw_batch` gives them). Both
+    results are detached device tensors (reading them would wait for the GPU); the norm is the one
     before clipping, None without clipping. Works unchanged on a DDP- or torch.compile-wrapped model.
     """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x0.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        loss = ddpm_loss(model, x0, schedule, cond=cond, prediction=prediction, generator=generator)
+        loss = ddpm_loss(model, x0, schedule, t, eps, cond=cond, prediction=prediction, generator=generator)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip is not None else None
     optimizer.step()
     return loss.detach(), grad_norm
 
 
+def draw_batch(
+    data: DeviceImages,
+    batch_size: int,
+    schedule: NoiseSchedule,
+    generator: torch.Generator,
+    *,
+    flip: bool = False,
+    cond_drop_prob: float = 0.0,
+    null_label: int | Tensor | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """One step's random draws for the global batch of `batch_size`; returns this rank's slice (x0, cond, t, eps).
+
+    From one generator, in this order, always for the whole global batch (so that every rank, seeded
+    alike, draws the same numbers, and W ranks together train on the batch one process would):
+
+        idx ~ U{0..N-1}^B,  flips ~ Bernoulli(1/2)^B (if flip),  label dropout (if p > 0),
+        t ~ U{0..T-1}^B,   eps ~ N(0, I)^(B x C x H x W)
+
+    Only this rank's B / W rows are gathered from the data and returned.
+    """
+    part = rank_slice(batch_size, rank, world_size)
+    idx = draw_indices(len(data), batch_size, generator)                        # (B,)
+    flips = draw_flips(batch_size, generator) if flip else None                 # (B,) or None
+    cond = None
+    if data.labels is not None:
+        cond = data.labels[idx]                                                 # (B,) or (B, L)
+        if cond_drop_prob > 0:
+            if null_label is None:
+                raise ValueError("cond_drop_prob > 0 needs a null_label")
+            cond = drop_labels(cond, cond_drop_prob, null_label, generator)
+        cond = cond[part]
+    x0 = data.batch(idx[part], flips[part] if flips is not None else None)      # (B / W, C, H, W)
+    gen_device = generator.device
+    t = torch.randint(0, schedule.T, (batch_size,), generator=generator, device=gen_device)[part]
+    eps = torch.randn((batch_size, *data.example_shape), generator=generator, device=gen_device, dtype=x0.dtype)[part]
+    t, eps = t.to(x0.device), eps.to(x0.device)
+    if channels_last and x0.ndim == 4:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+        eps = eps.contiguous(memory_format=torch.channels_last)
+    return x0, cond, t, eps
+
+
 def train(
     model: nn.Module,
-    data: Tensor,
+    data: Tensor | DeviceImages,
     schedule: NoiseSchedule,
     config: TrainConfig,
     *,
@@ -221,81 +350,113 @@ def train(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `model` on `data` (N, C, H, W) or (N, D) in about [-1, 1]; batches by random index.
+    """Train `model` on `data`; batches by random index, drawn on the device (`draw_batch`).
 
-    With `checkpoint` the state is saved there every ``config.checkpoint_every`` steps, at the end
-    and on Ctrl-C; if the file exists and ``resume`` is true, training continues from it, and the
-    budget counts the earlier part. ``labels`` (N,) are passed to the model as ``cond``. The
-    callback gets ``{"step", "loss", "losses", "lr", "ema", "model"}`` every ``config.preview_every`` steps.
+    ``data``: a float tensor (N, C, H, W) or (N, D) in about [-1, 1], a uint8 tensor of pixels
+    (N, C, H, W) (scaled to [-1, 1] batch by batch, 4x less memory), or a `DeviceImages`. It is moved
+    to the device once. ``labels`` (N,) are passed to the model as ``cond``. With `checkpoint` the
+    state is saved there every ``config.checkpoint_every`` steps, at the end and on Ctrl-C; if the
+    file exists and ``resume`` is true, training continues from it, and the budget counts the earlier
+    part. The callback gets ``{"step", "loss", "losses", "lr", "ema", "model"}`` every
+    ``config.preview_every`` steps. Under torchrun (an initialised process group, see
+    `diffedu.distributed`) ``config.batch_size`` is the global batch, split over the processes, and only
+    rank 0 keeps the EMA, saves, shows progress and calls the callback.
     """
-    device = torch.device(device) if device is not None else default_device()
-    if not isinstance(data, Tensor) or not data.is_floating_point() or data.ndim < 2 or len(data) == 0:
-        raise ValueError(f"data must be a non-empty float tensor (N, ...), got {_describe(data)}")
-    if labels is not None and (not isinstance(labels, Tensor) or len(labels) != len(data)):
-        raise ValueError(f"labels must be a tensor with one entry per example ({len(data)}), got {_describe(labels)}")
+    world = distributed.current()
+    if device is None:
+        device = distributed.init_distributed().device if world.enabled else default_device()
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    world = distributed.current(device)
+    data = _as_device_images(data, labels, device)
     null_label = config.null_label
     if null_label is None:  # diffedu's UNet: labels 0..K-1, and K means "no label"
         null_label = getattr(_model_config(model), "num_classes", None)
-    if config.cond_drop_prob > 0 and (labels is None or null_label is None):
+    if config.cond_drop_prob > 0 and (data.labels is None or null_label is None):
         raise ValueError("cond_drop_prob > 0 needs labels=... and a null_label (TrainConfig(null_label=...), "
                          "or a model whose config has num_classes)")
-    data, schedule = data.to(device), schedule.to(device)
-    labels = labels.to(device) if labels is not None else None
+    if config.flip and not data.is_image:
+        raise ValueError(f"flip=True mirrors images (N, C, H, W), but the data have examples of shape "
+                         f"{data.example_shape}; use flip=False")
+    rank_slice(config.batch_size, world.rank, world.world_size)  # refuses a batch that does not split evenly
+    schedule = schedule.to(device)
     model.to(device).train()
-    if config.channels_last and data.ndim == 4:
+    channels_last = config.channels_last and data.is_image
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     amp_dtype = torch.bfloat16 if config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda") else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   fused=True if config.fused_adam else None)
-    ema = make_ema(model, config.ema_decay, config.ema_warmup)
-    generator = torch.Generator(device).manual_seed(config.seed)
+    ema = make_ema(model, config.ema_decay, config.ema_warmup, config.ema_impl) if world.is_main else None
+    generator = torch.Generator(device).manual_seed(config.seed)  # the same stream on every rank
     step, seconds_before, losses = 0, 0.0, []
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and resume and path.exists():
         state = load_checkpoint(path, model)
-        step, seconds_before, losses = _restore(state, model, ema, optimizer, generator, config, path)
-    step_model = torch.compile(model) if config.compile else model
-    data_range = (data.min().item(), data.max().item())
-    sync_every = 1 if device.type == "cpu" else SYNC_EVERY  # reading a CPU tensor costs nothing
+        step, seconds_before, losses = _restore(state, model, ema, optimizer, generator, config, path, world)
+    step_model = distributed.wrap_model(model, world)  # DDP: gradients averaged over the ranks
+    # Static shapes: the batch never changes, and a graph specialised to it is the fastest one.
+    step_model = torch.compile(step_model, dynamic=False) if config.compile else step_model
+    data_range = data.value_range()
+    sync_every = 1 if device.type == "cpu" and not world.enabled else SYNC_EVERY  # a CPU read costs nothing
     start, paused, start_step, pending = time.perf_counter(), 0.0, step, []
     seconds = lambda: seconds_before + time.perf_counter() - start - paused  # noqa: E731 (previews excluded)
     saved_step = step if path is not None and path.exists() else -1
-    last_save, interrupted, smooth = seconds(), False, None
-    if _budget_spent(config, step, seconds()):
+    last_save, interrupted, smooth, agreed_stop = seconds(), False, None, False
+    if _budget_spent(config, step, seconds()) and world.is_main:
         print(f"already trained to the budget (step {step}, {seconds() / 60:.1f} min); raise steps/seconds to train on")
 
     def save() -> None:
         nonlocal saved_step, last_save
-        save_checkpoint(path, model=model, ema=ema, optimizer=optimizer, step=step, seconds=seconds(),
-                        losses=losses, generator=generator, config=config, schedule=schedule)
+        if world.is_main:
+            save_checkpoint(path, model=model, ema=ema, optimizer=optimizer, step=step, seconds=seconds(),
+                            losses=losses, generator=generator, config=config, schedule=schedule)
         saved_step, last_save = step, seconds()
 
-    bar = _progress(config, step, progress)
+    def budget_spent() -> bool:
+        if not world.enabled:
+            return _budget_spent(config, step, seconds())
+        # Ranks must stop at the same step: steps are counted alike everywhere; the clock is agreed on at syncs.
+        return (config.steps is not None and step >= config.steps) or agreed_stop
+
+    bar = _progress(config, step, progress and world.is_main)
     try:
         with _deferred_sigint() as stop_requested:
-            while not _budget_spent(config, step, seconds()):
+            while not budget_spent():
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, config)
-                idx = torch.randint(0, len(data), (config.batch_size,), generator=generator, device=device)
-                x0 = data[idx]  # (B, ...)
-                if config.channels_last and x0.ndim == 4:
-                    x0 = x0.contiguous(memory_format=torch.channels_last)
-                cond = labels[idx] if labels is not None else None
-                if cond is not None and config.cond_drop_prob > 0:
-                    cond = drop_labels(cond, config.cond_drop_prob, null_label, generator)
-                loss, _ = train_step(step_model, optimizer, x0, schedule, cond=cond, generator=generator,
+                x0, cond, t, eps = draw_batch(data, config.batch_size, schedule, generator, flip=config.flip,
+                                              cond_drop_prob=config.cond_drop_prob, null_label=null_label,
+                                              rank=world.rank, world_size=world.world_size,
+                                              channels_last=channels_last)
+                loss, _ = train_step(step_model, optimizer, x0, schedule, cond=cond, t=t, eps=eps,
                                      prediction=config.prediction, grad_clip=config.grad_clip,
                                      autocast_dtype=amp_dtype)
-                ema.update_parameters(model)
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
                 pending.append(loss)
-                preview = callback is not None and config.preview_every and step % config.preview_every == 0
-                due = path is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0) or (
-                    config.checkpoint_every_seconds and seconds() - last_save >= config.checkpoint_every_seconds))
-                if step % sync_every == 0 or preview or due or stop_requested.is_set():
-                    new = _flush(pending, losses, step, config, data_range, path)
+                step_due = bool(config.checkpoint_every and step % config.checkpoint_every == 0)
+                time_due = bool(config.checkpoint_every_seconds
+                                and seconds() - last_save >= config.checkpoint_every_seconds)
+                preview_step = bool(config.preview_every and step % config.preview_every == 0)
+                if world.enabled:  # collectives happen at the same steps on every rank
+                    sync_now = step % sync_every == 0 or preview_step or step_due
+                    due = path is not None and (step_due or (sync_now and time_due))
+                else:
+                    due = path is not None and (step_due or time_due)
+                    sync_now = step % sync_every == 0 or preview_step or due or stop_requested.is_set()
+                preview = callback is not None and preview_step and world.is_main
+                if sync_now:
+                    new = _flush(pending, losses, step, config, data_range, path, world)
                     smooth = _update_bar(bar, new, (step - start_step) * config.batch_size,
                                          seconds() - seconds_before, smooth)
+                    if world.enabled:
+                        out_of_time = config.seconds is not None and seconds() >= config.seconds
+                        agreed_stop, stop_all = distributed.any_rank([out_of_time, stop_requested.is_set()], world)
+                        if stop_all:
+                            stop_requested.set()
                 if due:
                     save()
                 if preview:
@@ -303,20 +464,38 @@ def train(
                     callback({"step": step, "loss": losses[-1], "losses": losses, "lr": learning_rate(step - 1, config),
                               "ema": ema.module, "model": model})
                     paused += time.perf_counter() - t0
-                if stop_requested.is_set():
+                if stop_requested.is_set() and (sync_now or not world.enabled):
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
-    _flush(pending, losses, step, config, data_range, path)
+    _flush(pending, losses, step, config, data_range, path, world)
     if path is not None and step != saved_step:
         save()
-    if interrupted:
+    distributed.barrier(world)  # no rank leaves (and reads the checkpoint again) before rank 0 has written it
+    if interrupted and world.is_main:
         where = f"saved to {path}; run again to resume" if path is not None else "kept in memory (no checkpoint path)"
         print(f"interrupted at step {step}: the state is {where}")
     images_per_second = (step - start_step) * config.batch_size / max(seconds() - seconds_before, 1e-9)
-    return TrainResult(model, ema.module, losses, step, seconds(), images_per_second, interrupted, path, config)
+    return TrainResult(model, ema.module if ema is not None else None, losses, step, seconds(), images_per_second,
+                       interrupted, path, config)
+
+
+def _as_device_images(data: Tensor | DeviceImages, labels: Tensor | None, device: torch.device) -> DeviceImages:
+    """The training data as a `DeviceImages` on `device`, with one clear error for what does not fit."""
+    if isinstance(data, DeviceImages):
+        if labels is not None:
+            raise ValueError("labels=... was given, but the DeviceImages has its own labels (or none); "
+                             "build it with DeviceImages(x, labels) instead")
+        return data.to(device)
+    ok = isinstance(data, Tensor) and (data.is_floating_point() or data.dtype == torch.uint8) and data.ndim >= 2
+    if not ok or len(data) == 0:
+        raise ValueError(f"data must be a non-empty float tensor (N, ...) in about [-1, 1], a uint8 tensor of pixels "
+                         f"(N, C, H, W), or a DeviceImages; got {_describe(data)}")
+    if labels is not None and (not isinstance(labels, Tensor) or len(labels) != len(data)):
+        raise ValueError(f"labels must be a tensor with one entry per example ({len(data)}), got {_describe(labels)}")
+    return DeviceImages(data, labels, device=device)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -423,10 +602,13 @@ def _check_fits(state: dict[str, Any], model: nn.Module, path: Path) -> None:
         f"use another checkpoint path")
 
 
-def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator, config: TrainConfig, path: Path) -> tuple[int, float, list[float]]:
+def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, config: TrainConfig, path: Path,
+             world: distributed.DistributedInfo | None = None) -> tuple[int, float, list[float]]:
+    world = world or distributed.DistributedInfo()
     try:
-        ema.load_state_dict(state["ema"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an EMA or optimizer state that does not fit: {exc}") from None
@@ -434,6 +616,8 @@ def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel, optimi
     torch.set_rng_state(rng["torch"])
     if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    if world.enabled:  # dropout: rank 0's saved state everywhere would give every rank the same masks
+        torch.manual_seed(config.seed + 1_000_003 * world.rank + int(state["step"]))
     if torch.device(rng["data_device"]).type == generator.device.type:
         generator.set_state(rng["data"])
     else:
@@ -443,9 +627,10 @@ def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel, optimi
     changed = [f"{k} {v!r} -> {getattr(config, k)!r}" for k, v in state["train_config"].items()
                if hasattr(config, k) and getattr(config, k) != v and k not in ("steps", "seconds")]
     losses = state["losses"].tolist()
-    print(f"resuming from {path}: step {state['step']}, {state['seconds'] / 60:.1f} min trained"
-          + (f", last loss {losses[-1]:.4f}" if losses else "")
-          + (f" (changed: {'; '.join(changed)})" if changed else ""))
+    if world.is_main:
+        print(f"resuming from {path}: step {state['step']}, {state['seconds'] / 60:.1f} min trained"
+              + (f", last loss {losses[-1]:.4f}" if losses else "")
+              + (f" (changed: {'; '.join(changed)})" if changed else ""))
     return int(state["step"]), float(state["seconds"]), losses
 
 
@@ -458,11 +643,14 @@ def _budget_spent(config: TrainConfig, step: int, seconds: float) -> bool:
 
 
 def _flush(pending: list[Tensor], losses: list[float], step: int, config: TrainConfig,
-           data_range: tuple[float, float], path: Path | None) -> list[float]:
-    """Move the pending per-step losses to `losses` (one device sync); raise if one is not finite."""
+           data_range: tuple[float, float], path: Path | None,
+           world: distributed.DistributedInfo | None = None) -> list[float]:
+    """Move the pending per-step losses to `losses` (one device sync); raise if one is not finite.
+
+    Under torchrun each rank's losses are of its slice; their mean over ranks is the global batch's loss."""
     if not pending:
         return []
-    values = torch.stack(pending).float().tolist()
+    values = distributed.all_reduce_mean(torch.stack(pending).float(), world or distributed.DistributedInfo()).tolist()
     pending.clear()
     first = len(losses)
     losses.extend(values)
@@ -531,12 +719,17 @@ PRESETS = ("mnist_small", "cifar10_small", "ddpm_cifar10")
 
 
 def main(argv: list[str] | None = None) -> TrainResult:
-    """``python -m diffedu.train --dataset mnist --preset mnist_small --minutes 10 --out runs/mnist.pt``."""
+    """``python -m diffedu.train --dataset mnist --preset mnist_small --minutes 10 --out runs/mnist.pt``.
+
+    The same loop as the notebooks. Run it again with the same --out to resume. On several GPUs:
+    ``torchrun --nproc_per_node N -m diffedu.train ...`` (then --batch-size is the global batch).
+    """
     from diffedu import unet
     from diffedu.data import DATASETS, load_dataset
     from diffedu.profiles import get_profile
 
-    p = argparse.ArgumentParser(prog="python -m diffedu.train", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m diffedu.train", description=main.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--preset", choices=PRESETS, default="mnist_small")
     p.add_argument("--profile", choices=("quick", "cpu", "gpu"), default=None,
@@ -544,69 +737,89 @@ def main(argv: list[str] | None = None) -> TrainResult:
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default: 0.5 quick, 10 cpu, 30 gpu)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--out", type=Path, required=True, help="checkpoint path; resumed if it exists")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 32 quick/cpu, 128 gpu")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="the global batch, over all processes (default: 32 quick/cpu, 128 gpu)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-base-batch", type=int, default=None, metavar="B0",
+                   help="--lr is for batch B0: scale it to --batch-size with --lr-scaling")
+    p.add_argument("--lr-scaling", choices=LR_SCALINGS, default="sqrt")
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default="constant")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 20 quick, 100 cpu, 200 gpu)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--conditional", action="store_true", help="class-conditional, with label dropout 0.1")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips (CIFAR-10; not digits)")
     p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images")
     p.add_argument("--device", default=None)
     p.add_argument("--amp", choices=AMP_MODES, default="auto")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--fused-adam", action="store_true")
+    p.add_argument("--ema-impl", choices=EMA_IMPLS, default="foreach")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy shared CPU)")
     p.add_argument("--export", metavar="NAME", default=None, help="also write diffedu/weights/NAME.pt (EMA weights)")
     args = p.parse_args(argv)
 
     profile = get_profile(args.profile)
-    device = torch.device(args.device) if args.device else profile.device
+    world = distributed.init_distributed(args.device)  # one process unless started by torchrun
+    device = world.device if world.enabled or args.device else profile.device
     minutes = args.minutes if args.minutes is not None else profile.pick(quick=0.5, cpu=10.0, gpu=30.0)
     batch_size = args.batch_size or profile.pick(quick=32, cpu=32, gpu=128)
+    lr = args.lr if args.lr_base_batch is None else scale_learning_rate(args.lr, batch_size, args.lr_base_batch,
+                                                                         args.lr_scaling)
     warmup = args.warmup if args.warmup is not None else profile.pick(quick=20, cpu=100, gpu=200)
     if args.threads:
         torch.set_num_threads(args.threads)
-    images = load_dataset(args.dataset, "train", limit=args.limit)
+    say = print if world.is_main else (lambda *a, **k: None)
+    images = load_dataset(args.dataset, "train", limit=args.limit, dtype="uint8")  # scaled batch by batch
     overrides = {"num_classes": len(images.classes)} if args.conditional else {}
-    torch.manual_seed(args.seed)  # the initial weights
+    torch.manual_seed(args.seed)  # the initial weights (DDP also broadcasts rank 0's)
     model = unet.UNet(getattr(unet, args.preset)(**overrides))
+    torch.manual_seed(args.seed + 1_000_003 * world.rank)  # dropout masks differ between ranks
     config = TrainConfig(steps=args.steps, seconds=minutes * 60 if minutes else None, batch_size=batch_size,
-                         lr=args.lr, warmup_steps=warmup, ema_decay=args.ema_decay, amp=args.amp,
+                         lr=lr, warmup_steps=warmup, lr_decay=args.lr_decay, ema_decay=args.ema_decay, amp=args.amp,
                          channels_last=args.channels_last, compile=args.compile, fused_adam=args.fused_adam,
-                         cond_drop_prob=0.1 if args.conditional else 0.0, seed=args.seed)
+                         ema_impl=args.ema_impl, flip=args.flip, cond_drop_prob=0.1 if args.conditional else 0.0,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed)
     schedule = make_schedule(args.schedule, args.T)
-    print(f"{args.preset}: {unet.count_parameters(model):,} parameters | {images!r} | {schedule!r} | "
-          f"device {device} ({device_name(device)}, {torch.get_num_threads()} threads) | budget {minutes} min, "
-          f"steps {args.steps}, batch {batch_size}, lr {args.lr}, warm-up {warmup}")
-    result = train(model, images.x, schedule, config, labels=images.y if args.conditional else None,
-                   checkpoint=args.out, device=device)
-    tail = result.losses[-100:]
-    record = {
-        "command": " ".join(["python -m diffedu.train", *(argv if argv is not None else sys.argv[1:])]),
-        "dataset": args.dataset, "data_source": images.source, "images": len(images), "preset": args.preset,
-        "parameters": unet.count_parameters(model), "model_config": dataclasses.asdict(model.config),
-        "schedule": args.schedule, "T": args.T, "train_config": dataclasses.asdict(config),
-        "steps": result.step, "seconds": round(result.seconds, 1),
-        "images_per_second": round(result.images_per_second, 1), "interrupted": result.interrupted,
-        "threads": torch.get_num_threads(),
-        "final_loss": sum(tail) / max(len(tail), 1), "device": device_name(device), "torch": str(torch.__version__),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(),
-    }
-    record_path = args.out.with_suffix(".json")
-    tmp = record_path.with_name(f".{record_path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, record_path)
-    print(f"step {result.step}, {result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s, "
-          f"final loss {record['final_loss']:.4f} -> {args.out}, {record_path}")
-    if args.export:
-        from diffedu.pretrained import export_weights, weights_dir
+    say(f"{args.preset}: {unet.count_parameters(model):,} parameters | {images!r} | {schedule!r} | "
+        f"device {device} ({device_name(device)}, {torch.get_num_threads()} threads)"
+        + (f" x {world.world_size} processes" if world.enabled else "")
+        + f" | budget {minutes} min, steps {args.steps}, batch {batch_size}, lr {lr:.3g}, warm-up {warmup}")
+    try:
+        result = train(model, images.x, schedule, config, labels=images.y if args.conditional else None,
+                       checkpoint=args.out, device=device)
+        if not world.is_main:
+            return result
+        tail = result.losses[-100:]
+        record = {
+            "command": " ".join(["python -m diffedu.train", *(argv if argv is not None else sys.argv[1:])]),
+            "dataset": args.dataset, "data_source": images.source, "images": len(images), "preset": args.preset,
+            "parameters": unet.count_parameters(model), "model_config": dataclasses.asdict(model.config),
+            "schedule": args.schedule, "T": args.T, "train_config": dataclasses.asdict(config),
+            "steps": result.step, "seconds": round(result.seconds, 1),
+            "images_per_second": round(result.images_per_second, 1), "interrupted": result.interrupted,
+            "threads": torch.get_num_threads(), "processes": world.world_size,
+            "final_loss": sum(tail) / max(len(tail), 1), "device": device_name(device), "torch": str(torch.__version__),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(),
+        }
+        record_path = args.out.with_suffix(".json")
+        tmp = record_path.with_name(f".{record_path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, record_path)
+        say(f"step {result.step}, {result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s, "
+            f"final loss {record['final_loss']:.4f} -> {args.out}, {record_path}")
+        if args.export:
+            from diffedu.pretrained import export_weights, weights_dir
 
-        out = export_weights(args.out, weights_dir() / f"{args.export}.pt", name=args.export, record=record)
-        print(f"exported the EMA weights to {out}")
-    return result
+            out = export_weights(args.out, weights_dir() / f"{args.export}.pt", name=args.export, record=record)
+            say(f"exported the EMA weights to {out}")
+        return result
+    finally:
+        distributed.cleanup()
 
 
 def git_commit() -> str | None:

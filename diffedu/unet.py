@@ -7,13 +7,18 @@ a noisy image and its timestep to an image of the same size):
     down path, for each level l = 0 .. L-1:      num_res_blocks x ResBlock (+ attention at the listed
                                                  resolutions), then Downsample except at the last level;
                                                  every output is kept as a skip connection
-    middle:                                      ResBlock, SelfAttention, ResBlock
+    middle:                                      ResBlock, SelfAttention (+ CrossAttention), ResBlock
     up path, for each level l = L-1 .. 0:        (num_res_blocks + 1) x ResBlock, each on
                                                  concat(h, skip), (+ attention), then Upsample except at
                                                  level 0
     out:                                         GroupNorm, SiLU, 3x3 conv -> (B, C_out, S, S)
 
 Level l works at resolution S / 2**l with ``base_channels * channel_mults[l]`` channels.
+
+Text conditioning (lesson 09): with ``context_dim=D`` every block at a resolution in
+``cross_attention_resolutions`` (by default, where self-attention sits) and the middle get a
+``CrossAttention`` after their attention, through which the pixels read the text tokens:
+``UNet(x, t, context=c, context_mask=m)`` with c (B, L, D) and m (B, L) True at real tokens.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffedu.layers import Downsample, ResBlock, SelfAttention, TimeEmbedding, Upsample, group_norm
+from diffedu.layers import CrossAttention, Downsample, ResBlock, SelfAttention, TimeEmbedding, Upsample, group_norm
 
 __all__ = [
     "UNet",
@@ -45,8 +50,9 @@ class UNetConfig:
 
     ``out_channels=None`` means ``in_channels``; ``time_embed_dim=None`` means ``4 * base_channels``.
     ``num_classes=K`` adds a learned label embedding to the time embedding; labels run over
-    0 .. K-1 and the extra label K means "no label" (for classifier-free guidance). ``context_dim``
-    is reserved for text cross-attention (lesson 09).
+    0 .. K-1 and the extra label K means "no label" (for classifier-free guidance). ``context_dim=D``
+    adds cross-attention to text tokens of width D (lesson 09), at ``cross_attention_resolutions``
+    (None: the ``attention_resolutions``) and in the middle.
     """
 
     image_size: int
@@ -62,12 +68,24 @@ class UNetConfig:
     time_embed_dim: int | None = None
     num_classes: int | None = None
     context_dim: int | None = None
+    cross_attention_resolutions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # Accept lists too, but store tuples so the frozen config stays hashable.
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        if self.cross_attention_resolutions is not None:
+            object.__setattr__(self, "cross_attention_resolutions", tuple(self.cross_attention_resolutions))
         self.validate()
+
+    @property
+    def resolved_cross_attention_resolutions(self) -> tuple[int, ...]:
+        """Where the blocks read the text: none without ``context_dim``; by default where self-attention sits."""
+        if self.context_dim is None:
+            return ()
+        if self.cross_attention_resolutions is None:
+            return self.attention_resolutions
+        return self.cross_attention_resolutions
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -134,9 +152,19 @@ class UNetConfig:
                     f"attention resolution {resolution} never occurs in this U-Net; "
                     f"the resolutions are {self.resolutions}"
                 )
-        attention_channels = [
-            c for c, r in zip(self.level_channels, self.resolutions) if r in self.attention_resolutions
-        ]
+        if self.context_dim is None and self.cross_attention_resolutions:
+            raise ValueError(
+                f"cross_attention_resolutions={self.cross_attention_resolutions} needs text: set context_dim "
+                f"(the text encoder's width), or leave cross_attention_resolutions=None"
+            )
+        for resolution in self.cross_attention_resolutions or ():
+            if resolution not in self.resolutions:
+                raise ValueError(
+                    f"cross-attention resolution {resolution} never occurs in this U-Net; "
+                    f"the resolutions are {self.resolutions}"
+                )
+        attended = set(self.attention_resolutions) | set(self.resolved_cross_attention_resolutions)
+        attention_channels = [c for c, r in zip(self.level_channels, self.resolutions) if r in attended]
         for channels in [*attention_channels, self.level_channels[-1]]:  # the middle always has attention
             if channels % self.num_heads != 0:
                 raise ValueError(
@@ -146,9 +174,11 @@ class UNetConfig:
 
 
 class ResAttnBlock(nn.Module):
-    """A ``ResBlock`` followed, at resolutions listed for attention, by a ``SelfAttention``."""
+    """A ``ResBlock`` followed, at resolutions listed for attention, by a ``SelfAttention`` and, at those
+    listed for cross-attention, by a ``CrossAttention`` to the text."""
 
-    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, use_attention: bool) -> None:
+    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, use_attention: bool,
+                 use_cross_attention: bool = False) -> None:
         super().__init__()
         self.res = ResBlock(
             in_channels,
@@ -162,10 +192,16 @@ class ResAttnBlock(nn.Module):
             if use_attention
             else None
         )
+        self.cross = (
+            CrossAttention(out_channels, config.context_dim, num_heads=config.num_heads, norm_groups=config.norm_groups)
+            if use_cross_attention and config.context_dim is not None
+            else None
+        )
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         h = self.res(x, emb)
-        return h if self.attn is None else self.attn(h)
+        h = h if self.attn is None else self.attn(h)
+        return h if self.cross is None else self.cross(h, context, context_mask)
 
 
 class UNet(nn.Module):
@@ -173,11 +209,6 @@ class UNet(nn.Module):
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
-        if config.context_dim is not None:
-            raise NotImplementedError(
-                f"context_dim={config.context_dim}: text cross-attention is built in lesson 09; "
-                "use context_dim=None until then"
-            )
         self.config = config
         c = config
         time_dim = c.resolved_time_embed_dim
@@ -190,9 +221,10 @@ class UNet(nn.Module):
         skip_channels = [ch]  # channels of every tensor the down path keeps for the up path
         self.down = nn.ModuleList()
         last = len(c.channel_mults) - 1
+        cross = c.resolved_cross_attention_resolutions
         for level, (out_ch, res) in enumerate(zip(c.level_channels, c.resolutions)):
             for _ in range(c.num_res_blocks):
-                self.down.append(ResAttnBlock(ch, out_ch, c, res in c.attention_resolutions))
+                self.down.append(ResAttnBlock(ch, out_ch, c, res in c.attention_resolutions, res in cross))
                 ch = out_ch
                 skip_channels.append(ch)
             if level != last:
@@ -201,6 +233,8 @@ class UNet(nn.Module):
 
         self.mid_res1 = ResBlock(ch, ch, time_dim, dropout=c.dropout, norm_groups=c.norm_groups)
         self.mid_attn = SelfAttention(ch, num_heads=c.num_heads, norm_groups=c.norm_groups)
+        if c.context_dim is not None:  # only then: the state dict of a model without text stays as it was
+            self.mid_cross = CrossAttention(ch, c.context_dim, num_heads=c.num_heads, norm_groups=c.norm_groups)
         self.mid_res2 = ResBlock(ch, ch, time_dim, dropout=c.dropout, norm_groups=c.norm_groups)
 
         self.up = nn.ModuleList()
@@ -208,7 +242,7 @@ class UNet(nn.Module):
             out_ch, res = c.level_channels[level], c.resolutions[level]
             for _ in range(c.num_res_blocks + 1):
                 in_ch = ch + skip_channels.pop()  # the block reads concat(h, skip)
-                self.up.append(ResAttnBlock(in_ch, out_ch, c, res in c.attention_resolutions))
+                self.up.append(ResAttnBlock(in_ch, out_ch, c, res in c.attention_resolutions, res in cross))
                 ch = out_ch
             if level != 0:
                 self.up.append(Upsample(ch))
@@ -218,10 +252,16 @@ class UNet(nn.Module):
         nn.init.zeros_(out_conv.bias)
         self.out = nn.Sequential(group_norm(ch, c.norm_groups), nn.SiLU(), out_conv)
 
-    def forward(self, x: Tensor, t: Tensor | int | float, cond: Tensor | None = None) -> Tensor:
-        """Map x (B, C_in, S, S), timesteps t ((B,) or a scalar) and labels cond (B,) to (B, C_out, S, S)."""
+    def forward(self, x: Tensor, t: Tensor | int | float, cond: Tensor | None = None, *,
+                context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        """Map x (B, C_in, S, S), timesteps t ((B,) or a scalar) and labels cond (B,) to (B, C_out, S, S).
+
+        A U-Net with ``context_dim`` also takes the text: ``context`` (B, L, D), one vector per token, and
+        ``context_mask`` (B, L), True at real tokens and False at padding (None: every token is real).
+        """
         self._check_input(x)
         B = x.shape[0]
+        self._check_context(context, context_mask, B)
         emb = self.time_embed(self._timesteps(t, B, x.device))  # (B, time_dim)
         if self.label_embed is not None:
             emb = emb + self.label_embed(self._labels(cond, B))  # (B, time_dim)
@@ -234,15 +274,18 @@ class UNet(nn.Module):
         h = self.stem(x)  # (B, base, S, S)
         skips = [h]
         for block in self.down:
-            h = block(h, emb) if isinstance(block, ResAttnBlock) else block(h)
+            h = block(h, emb, context, context_mask) if isinstance(block, ResAttnBlock) else block(h)
             skips.append(h)
 
-        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb)), emb)
+        h = self.mid_attn(self.mid_res1(h, emb))
+        if self.config.context_dim is not None:
+            h = self.mid_cross(h, context, context_mask)
+        h = self.mid_res2(h, emb)
 
         for block in self.up:
             if isinstance(block, ResAttnBlock):
                 h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, s, s)
-                h = block(h, emb)  # (B, C_out, s, s)
+                h = block(h, emb, context, context_mask)  # (B, C_out, s, s)
             else:
                 h = block(h)
         return self.out(h)  # (B, C_out, S, S)
@@ -255,6 +298,23 @@ class UNet(nn.Module):
                 f"UNet expects x of shape (B, {c.in_channels}, {c.image_size}, {c.image_size}) "
                 f"(in_channels={c.in_channels}, image_size={c.image_size}), got {tuple(x.shape)}"
             )
+
+    def _check_context(self, context: Tensor | None, context_mask: Tensor | None, batch: int) -> None:
+        d = self.config.context_dim
+        if d is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("context was given, but this UNet has no cross-attention (context_dim=None); "
+                                 "build it with UNetConfig(context_dim=D) to condition on text")
+            return
+        if context is None:
+            raise ValueError(f"this UNet reads text through cross-attention (context_dim={d}) and needs "
+                             f"context=(B, L, {d}) token vectors (from a text encoder), with context_mask=(B, L)")
+        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != d:
+            raise ValueError(f"context must have shape ({batch}, L, {d}), got {tuple(context.shape)}")
+        if context_mask is not None and (context_mask.dtype != torch.bool
+                                         or tuple(context_mask.shape) != tuple(context.shape[:2])):
+            raise ValueError(f"context_mask must be a bool tensor of shape {tuple(context.shape[:2])} (True = a real "
+                             f"token), got {context_mask.dtype} of shape {tuple(context_mask.shape)}")
 
     @staticmethod
     def _timesteps(t: Tensor | int | float, batch: int, device: torch.device) -> Tensor:
@@ -284,12 +344,13 @@ class UNet(nn.Module):
 
 
 def shape_trace(
-    model: UNet, x: Tensor, t: Tensor | int | float, cond: Tensor | None = None
+    model: UNet, x: Tensor, t: Tensor | int | float, cond: Tensor | None = None, **kwargs: Any
 ) -> list[tuple[str, tuple[int, ...]]]:
     """Run one batch through ``model`` and return ``(stage name, output shape)`` in execution order.
 
     Stages are the model's top-level parts, with the down and up paths listed block by block, e.g.
     ``("down.2 Downsample", (B, 32, 14, 14))``. Uses forward hooks, removed before returning.
+    Keyword arguments (``context=``, ``context_mask=``) go to the model.
     """
     stages: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
@@ -309,7 +370,7 @@ def shape_trace(
     handles = [module.register_forward_hook(recorder(name)) for name, module in stages]
     try:
         with torch.no_grad():
-            model(x, t, cond)
+            model(x, t, cond, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
@@ -318,7 +379,7 @@ def shape_trace(
 
 def _kind(block: nn.Module) -> str:
     if isinstance(block, ResAttnBlock):
-        return "ResBlock" if block.attn is None else "ResBlock+Attn"
+        return "ResBlock" + ("+Attn" if block.attn is not None else "") + ("+Cross" if block.cross is not None else "")
     return type(block).__name__
 
 

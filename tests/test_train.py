@@ -14,6 +14,7 @@ from diffedu.data import toy_2d
 from diffedu.mlp import MLPDenoiser
 from diffedu.schedules import make_schedule
 from diffedu.train import (
+    EMA,
     CheckpointError,
     TrainConfig,
     TrainingDiverged,
@@ -22,6 +23,7 @@ from diffedu.train import (
     load_checkpoint,
     main,
     make_ema,
+    scale_learning_rate,
     train,
     train_step,
 )
@@ -270,16 +272,84 @@ def test_the_speed_switches_run_on_the_cpu():
     assert result.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
 
 
+class Spy(nn.Module):
+    """Wraps a model and records, at each forward, the input's layout and the autocast state."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x, t, cond=None):
+        self.seen.append((x.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"),
+                          torch.get_autocast_dtype("cpu")))
+        return self.model(x, t)
+
+
+def test_each_speed_switch_takes_effect(monkeypatch):
+    rgb = torch.rand(16, 3, 8, 8) * 2 - 1  # 3 channels: with one, NCHW and NHWC are the same layout
+    spy = Spy(tiny_unet(in_channels=3))
+    run(spy, rgb, config=cfg(steps=2))
+    assert spy.seen == [(False, False, spy.seen[0][2])] * 2  # the baseline: fp32, NCHW
+    spy = Spy(tiny_unet(in_channels=3))
+    run(spy, rgb, config=cfg(steps=2, amp="bf16", channels_last=True))
+    assert spy.seen == [(True, True, torch.bfloat16)] * 2
+
+    made = {}
+    real_adamw = torch.optim.AdamW
+
+    def adamw(params, **kwargs):
+        made.update(kwargs)
+        return real_adamw(params, **kwargs)
+
+    compiled = []
+    monkeypatch.setattr(torch.optim, "AdamW", adamw)
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    run(tiny_unet(), IMAGES, config=cfg(steps=1, fused_adam=True, compile=True))
+    assert made["fused"] is True and len(compiled) == 1
+    run(tiny_unet(), IMAGES, config=cfg(steps=1))
+    assert made["fused"] is None and len(compiled) == 1
+
+
+def test_both_ema_implementations_give_the_same_average(monkeypatch):
+    a, b = (run(tiny_unet(), IMAGES, config=cfg(steps=6, ema_decay=0.8, ema_impl=impl)) for impl in ("foreach", "swa_utils"))
+    assert all(torch.equal(x, y) for x, y in zip(params(a.model), params(b.model)))
+    assert all(torch.allclose(x, y, atol=1e-7) for x, y in zip(params(a.ema), params(b.ema)))
+    assert not all(torch.equal(x, y) for x, y in zip(params(a.ema), params(a.model)))
+
+    def no_swa(self, model):
+        raise AssertionError("the foreach EMA must not call AveragedModel.update_parameters")
+
+    monkeypatch.setattr(torch.optim.swa_utils.AveragedModel, "update_parameters", no_swa)
+    ema = make_ema(nn.Linear(2, 2), decay=0.5)
+    assert isinstance(ema, EMA) and ema.impl == "foreach"
+    ema.update_parameters(nn.Linear(2, 2))
+    state = ema.state_dict()
+    assert int(state["n_averaged"]) == 1 and {"module.weight", "module.bias"} <= state.keys()
+    with pytest.raises(ValueError, match="'foreach', 'swa_utils'"):
+        TrainConfig(steps=1, ema_impl="loop")
+
+
+def test_learning_rate_scales_with_the_batch_by_the_chosen_rule():
+    assert scale_learning_rate(1e-3, 512, 128) == pytest.approx(2e-3)  # sqrt(4) = 2, the default for Adam
+    assert scale_learning_rate(1e-3, 512, 128, "linear") == pytest.approx(4e-3)
+    assert scale_learning_rate(1e-3, 32, 128, "sqrt") == pytest.approx(5e-4)
+    assert scale_learning_rate(3e-4, 64, 64) == pytest.approx(3e-4)
+    with pytest.raises(ValueError, match="'sqrt', 'linear'"):
+        scale_learning_rate(1e-3, 256, 128, "cubic")
+
+
 def test_the_command_line_trains_and_writes_a_record(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "weights_dir", lambda: tmp_path / "weights")
     out = tmp_path / "cli.pt"
     argv = ["--dataset", "mnist", "--limit", "64", "--steps", "2", "--batch-size", "4", "--T", "50",
-            "--out", str(out), "--export", "cli_test"]
+            "--out", str(out), "--export", "cli_test", "--lr-base-batch", "16", "--ema-impl", "swa_utils"]
     with pytest.warns(UserWarning, match="sample"):
         result = main(argv)
     record = json.loads(out.with_suffix(".json").read_text())
     assert result.step == record["steps"] == 2 and record["T"] == 50 and record["torch"] == torch.__version__
     assert record["command"].startswith("python -m diffedu.train --dataset mnist") and record["images_per_second"] > 0
+    assert record["train_config"]["lr"] == pytest.approx(5e-4) and record["train_config"]["ema_impl"] == "swa_utils"
+    assert record["processes"] == 1
     model, schedule, info = pretrained.load_pretrained("cli_test", "cpu", directory=tmp_path / "weights")
     assert model.config.image_size == 28 and schedule.T == 50 and info["record"]["steps"] == 2
 
@@ -304,3 +374,16 @@ def test_exported_weights_load_as_an_eval_mode_unet(tmp_path):
         pretrained.load_pretrained("nope", directory=tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m diffedu.train"):
         pretrained.load_pretrained("mnist_ddpm", directory=tmp_path / "empty")
+
+
+def test_the_lesson_check_of_the_scaling_rule_names_the_common_mistakes():
+    import math
+
+    from diffedu.checks import ExerciseError
+    from diffedu.checks_scaling import check_scale_learning_rate
+
+    assert check_scale_learning_rate(scale_learning_rate) is scale_learning_rate
+    with pytest.raises(ExerciseError, match="upside down"):
+        check_scale_learning_rate(lambda lr, b, b0, rule="sqrt": lr * (b0 / b if rule == "linear" else math.sqrt(b0 / b)))
+    with pytest.raises(ExerciseError, match="swapped"):
+        check_scale_learning_rate(lambda lr, b, b0, rule="sqrt": lr * (math.sqrt(b / b0) if rule == "linear" else b / b0))

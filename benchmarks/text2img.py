@@ -1,0 +1,190 @@
+"""Text to image on captioned MNIST: train (or load) the model, then measure how well images follow prompts.
+
+    python benchmarks/text2img.py --train-minutes 15 --export      # train 15 min at 1 thread, ship the weights
+    python benchmarks/text2img.py                                  # load diffedu/weights/mnist_text.pt, measure
+    python benchmarks/text2img.py --space latent --train-minutes 15 --export --name mnist_text
+                                                                   # the same in lesson 07's VAE latent space
+
+Training is lesson 09's: captions written from the pixels (`diffedu.captions`), tokenized, and the
+`Text2Img` model (text encoder + U-Net with cross-attention) trained with the course's loop, the
+empty prompt replacing 10 % of the captions. Then, for each guidance scale w, N prompts (balanced over
+the digits; each names one attribute at an extreme level) are sampled with DDIM and judged:
+
+- class_accuracy: the yardstick classifier reads the digit asked for;
+- attribute_accuracy: the attribute, measured by the same function that wrote the captions, falls at
+  the level asked for (chance about 1/3);
+- the same two with prompts written in held-out phrasings (templates never seen in training).
+
+Every figure is appended to benchmarks/results/text2img.jsonl; a grid of samples goes to
+benchmarks/results/text2img_mnist_w{w}.png. Never fails on a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from record import RESULTS, record  # noqa: E402
+
+from diffedu.captions import Captioner  # noqa: E402
+from diffedu.data import load_dataset  # noqa: E402
+from diffedu.profiles import device_name  # noqa: E402
+from diffedu.schedules import make_schedule  # noqa: E402
+from diffedu.text2img import (Text2Img, evaluate_prompts, export_text2img, load_text2img, mnist_latent_text,  # noqa: E402
+                              mnist_text)
+from diffedu.train import TrainConfig, git_commit, train  # noqa: E402
+from diffedu.unet import count_parameters  # noqa: E402
+
+# The model trained for the shipped weights: `mnist_text`'s defaults (8-16-32 channels, cross-attention at
+# 14x14, 7x7 and in the middle), with no overrides.
+UNET: dict = {}
+SETTINGS = dict(batch_size=32, lr=2e-3, warmup_steps=100, ema_decay=0.995, cond_drop_prob=0.1, mention_prob=0.7,
+                caption_seed=0, seed=0)
+LATENT_SETTINGS = {**SETTINGS, "batch_size": 64}  # an 8x8 latent is cheap: a larger batch amortises each op's overhead
+
+
+def train_model(minutes: float, out: Path, threads: int, limit: int | None, space: str = "pixel"
+                ) -> tuple[Text2Img, object, dict, Captioner, object]:
+    """Caption MNIST, build the model and train it with the course's loop for `minutes` (resumes from `out`).
+
+    ``space="latent"``: the images are encoded once with lesson 07's shipped VAE and the model denoises latents.
+    Returns (EMA model, schedule, training record, captioner, VAE or None).
+    """
+    settings = LATENT_SETTINGS if space == "latent" else SETTINGS
+    data = load_dataset("mnist", "train", limit=limit, dtype="uint8")
+    captioner = Captioner.fit("mnist", data.x, data.y)
+    captions = captioner.caption(data.x, data.y, seed=settings["caption_seed"], mention_prob=settings["mention_prob"])
+    torch.manual_seed(settings["seed"])
+    vae, train_x = None, data.x
+    if space == "latent":
+        from diffedu.data import uint8_to_float
+        from diffedu.latent import encode_dataset, load_vae
+
+        vae, _ = load_vae("mnist_vae", device="cpu")
+        started = time.perf_counter()
+        train_x = encode_dataset(vae, uint8_to_float(data.x))  # (N, 4, 8, 8), about unit variance
+        print(f"encoded {len(train_x)} images to latents {tuple(train_x.shape[1:])} in "
+              f"{time.perf_counter() - started:.0f} s (not counted in the training budget)", flush=True)
+        model = Text2Img(mnist_latent_text(captioner.vocabulary()))
+    else:
+        model = Text2Img(mnist_text(captioner.vocabulary(), **UNET))
+    tokens = model.tokenizer.encode(captions)  # (N, L) int64
+    schedule = make_schedule("linear", T=1000)
+    config = TrainConfig(seconds=minutes * 60, batch_size=settings["batch_size"], lr=settings["lr"],
+                         warmup_steps=settings["warmup_steps"], ema_decay=settings["ema_decay"],
+                         cond_drop_prob=settings["cond_drop_prob"], null_label=tuple(model.tokenizer.empty().tolist()),
+                         checkpoint_every=250, seed=settings["seed"])
+    print(f"Text2Img: {count_parameters(model):,} parameters (U-Net {count_parameters(model.unet):,}, text encoder "
+          f"{count_parameters(model.text_encoder):,}); {len(data)} images ({data.source}); vocabulary "
+          f"{model.tokenizer.vocab_size}; {threads} thread(s); budget {minutes} min", flush=True)
+    print("captions, e.g.:", "; ".join(captions[:5]), flush=True)
+    result = train(model, train_x, schedule, config, labels=tokens, checkpoint=out, device="cpu")
+    tail = result.losses[-100:]
+    record_ = {
+        "command": "python benchmarks/text2img.py " + " ".join(sys.argv[1:]),
+        "dataset": "mnist", "data_source": data.source, "images": len(data), "parameters": count_parameters(model),
+        "space": space, "vae": model.config.vae,
+        "unet_overrides": UNET if space == "pixel" else {}, "settings": settings,
+        "train_config": dataclasses.asdict(config),
+        "steps": result.step, "seconds": round(result.seconds, 1), "images_per_second": round(result.images_per_second, 1),
+        "threads": threads, "final_loss": sum(tail) / max(len(tail), 1), "device": device_name(torch.device("cpu")),
+        "torch": str(torch.__version__), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(),
+    }
+    out.with_suffix(".json").write_text(json.dumps(record_, indent=2) + "\n")
+    print(f"trained {result.step} steps in {result.seconds / 60:.1f} min ({result.images_per_second:.0f} images/s), "
+          f"final loss {record_['final_loss']:.4f}", flush=True)
+    return result.ema.eval(), schedule, record_, captioner, vae
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-minutes", type=float, default=None, help="train for this long (default: load the weights)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "mnist_text.pt", help="training checkpoint")
+    p.add_argument("--export", action="store_true", help="write diffedu/weights/NAME.pt after training")
+    p.add_argument("--name", default="mnist_text", help="the shipped weights' name (to export, or to load)")
+    p.add_argument("--space", choices=("pixel", "latent"), default="pixel", help="train on pixels or VAE latents")
+    p.add_argument("--limit", type=int, default=None, help="train on the first LIMIT images only")
+    p.add_argument("--no-eval", action="store_true", help="train (and export) only")
+    p.add_argument("--n", type=int, default=480, help="samples per guidance scale and template set (a multiple of 60)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0, 5.0])
+    p.add_argument("--heldout-guidance", type=float, nargs="+", default=[3.0])
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", default=os.environ.get("DIFFEDU_PROFILE", "cpu"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.train_minutes is not None:
+        model, schedule, train_record, captioner, vae = train_model(args.train_minutes, args.out, args.threads,
+                                                                    args.limit, args.space)
+        if args.export:
+            from diffedu.text2img import weights_dir
+
+            path = export_text2img(args.out, weights_dir() / f"{args.name}.pt", name=args.name, record=train_record,
+                                   captioner=captioner)
+            print(f"exported the EMA weights to {path} ({path.stat().st_size / 2**20:.2f} MB)")
+    else:
+        model, schedule, info = load_text2img(args.name, device="cpu")
+        train_record, captioner, vae = info["record"], info["captioner"], info["vae"]
+    if args.no_eval:
+        return
+
+    from diffedu.classifier import load_classifier
+    from diffedu.plotting import image_grid
+
+    classifier = load_classifier("mnist")
+    base = {"model": args.name, "space": train_record.get("space", "pixel"), "train_steps": train_record["steps"], "train_seconds": train_record["seconds"],
+            "train_images_per_second": train_record["images_per_second"], "train_threads": train_record["threads"],
+            "train_command": train_record["command"], "parameters": train_record["parameters"],
+            "sample_count": args.n, "steps": args.steps, "eta": args.eta, "seed": args.seed, "threads": args.threads,
+            "sampler": "ddim", "clip_x0": True}
+    runs = [("train", w) for w in args.guidance] + [("heldout", w) for w in args.heldout_guidance]
+    for templates, w in runs:
+        started = time.perf_counter()
+        result = evaluate_prompts(model, schedule, captioner, classifier, n=args.n, templates=templates, guidance=w,
+                                  steps=args.steps, eta=args.eta, seed=args.seed, vae=vae)
+        seconds = time.perf_counter() - started
+        settings = {**base, "guidance": w, "templates": templates}
+        suffix = "" if templates == "train" else "_heldout"
+        record("text2img", f"class_accuracy{suffix}", result["class_accuracy"], "fraction", profile=args.profile,
+               device="cpu", settings=settings)
+        record("text2img", f"attribute_accuracy{suffix}", result["attribute_accuracy"], "fraction",
+               profile=args.profile, device="cpu", settings=settings)
+        for name, acc in result["per_attribute"].items():
+            record("text2img", f"attribute_accuracy_{name}{suffix}", acc, "fraction", profile=args.profile,
+                   device="cpu", settings=settings)
+        record("text2img", "sample_seconds", seconds, f"s for {args.n} samples", profile=args.profile, device="cpu",
+               settings=settings)
+        if templates == "train":
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            order = torch.argsort(result["labels"], stable=True)[:100]
+            fig, ax = plt.subplots(figsize=(8, 8.6))
+            ax.imshow(image_grid(result["images"][order], nrow=10), interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(f"{args.name} ({base['space']}), w = {w:g}: class acc {result['class_accuracy']:.2f}, attribute acc "
+                         f"{result['attribute_accuracy']:.2f} (rows: digits asked for)", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(RESULTS / f"text2img_{args.name}_{base['space']}_w{w:g}.png", dpi=80)
+            plt.close(fig)
+        print(f"  {templates} phrasings, w = {w:g}: e.g. {result['prompts'][:3]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

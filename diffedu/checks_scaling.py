@@ -1,0 +1,94 @@
+"""Checks for the exercises of lesson 06 (scaling up: data on the device, the learning-rate scaling rule).
+
+Same rules as `diffedu.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
+likely mistake, a skipped one (still raising NotImplementedError) continues with the library's version
+(`diffedu.device_data.image_batch`, `diffedu.train.scale_learning_rate`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from diffedu.checks import Case, Mistake, check_exercise
+
+__all__ = ["check_image_batch", "check_scale_learning_rate"]
+
+
+def check_image_batch(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Lesson 06: x0 = where(flip, images[idx] mirrored left-right, images[idx]) / 127.5 - 1, as float32."""
+    from diffedu.device_data import image_batch
+
+    g = torch.Generator().manual_seed(6)
+    images = torch.randint(0, 256, (5, 3, 2, 4), generator=g, dtype=torch.uint8)  # (N, C, H, W)
+    images[0, 0, 0, 0], images[1, 0, 0, 0] = 255, 0  # the two ends of the pixel range
+    idx = torch.tensor([3, 0, 3, 1])
+    flip = torch.tensor([True, False, False, True])
+    cases = [
+        Case((images, idx, flip), {}, "uint8 images (5, 3, 2, 4), idx = [3, 0, 3, 1], flip = [True, False, False, True]"),
+        Case((images, idx, None), {}, "the same images and idx, flip = None (no flips at all)"),
+        Case((images, torch.tensor([1]), torch.tensor([False])), {}, "one image (idx = [1]) that must not be flipped"),
+    ]
+
+    def variant(gather_flip: Callable[[Tensor, Tensor | None, Tensor], Tensor],
+                scale: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
+        def run(imgs: Tensor, i: Tensor, f: Tensor | None = None) -> Tensor:
+            return scale(gather_flip(imgs[i], f, imgs))
+        return run
+
+    def right_flip(x: Tensor, f: Tensor | None, _: Tensor) -> Tensor:
+        return x if f is None else torch.where(f[:, None, None, None], x.flip(-1), x)
+
+    def right_scale(x: Tensor) -> Tensor:
+        return x.float() / 127.5 - 1
+
+    mistakes = [
+        Mistake("the pixels are scaled to [0, 1]; diffusion works in [-1, 1]: x / 127.5 - 1.",
+                variant(right_flip, lambda x: x.float() / 255)),
+        Mistake("dividing by 128 maps 255 to 0.992, not 1; divide by 127.5 (= 255 / 2): x / 127.5 - 1.",
+                variant(right_flip, lambda x: x.float() / 128 - 1)),
+        Mistake("x * 2 on uint8 pixels overflows (it wraps around above 255): convert to float first, "
+                "x.float() / 127.5 - 1.", variant(right_flip, lambda x: (x * 2).float() / 255 - 1)),
+        Mistake("the images are flipped upside down (dim -2, H); a horizontal flip mirrors the width, the last "
+                "axis: x.flip(-1).",
+                variant(lambda x, f, _: x if f is None else torch.where(f[:, None, None, None], x.flip(-2), x),
+                        right_scale)),
+        Mistake("every image is flipped; only those where flip is True should be: torch.where(flip[:, None, None, "
+                "None], x.flip(-1), x).", variant(lambda x, f, _: x if f is None else x.flip(-1), right_scale)),
+        Mistake("the images where flip is False are the flipped ones: the mask is inverted.",
+                variant(lambda x, f, _: x if f is None else torch.where(f[:, None, None, None], x, x.flip(-1)),
+                        right_scale)),
+        Mistake("no image is flipped: apply the flips where flip is True.", variant(lambda x, f, _: x, right_scale)),
+        Mistake("the batch is flipped along the batch axis (dim 0, the order of the images), not mirrored: flip the "
+                "last axis, W.",
+                variant(lambda x, f, _: x if f is None else torch.where(f[:, None, None, None], x.flip(0), x),
+                        right_scale)),
+    ]
+    return check_exercise("image_batch", learner, image_batch, cases, mistakes=mistakes, atol=1e-6, rtol=1e-6)
+
+
+def check_scale_learning_rate(learner: Callable[..., float]) -> Callable[..., float]:
+    """Lesson 06: lr * k (linear) or lr * sqrt(k) (sqrt), k = batch_size / base_batch_size."""
+    from diffedu.train import scale_learning_rate
+
+    cases = [
+        Case((1e-3, 512, 128, "sqrt"), {}, "lr = 1e-3 at batch 128, scaled to batch 512 by the sqrt rule"),
+        Case((1e-3, 512, 128, "linear"), {}, "the same, by the linear rule"),
+        Case((2e-4, 64, 256, "sqrt"), {}, "lr = 2e-4 at batch 256, scaled DOWN to batch 64 by the sqrt rule"),
+        Case((2e-4, 64, 256, "linear"), {}, "the same, by the linear rule"),
+    ]
+    mistakes = [
+        Mistake("the ratio is upside down: k = batch_size / base_batch_size (a larger batch, a larger lr).",
+                lambda lr, b, b0, rule: lr * ((b0 / b) if rule == "linear" else math.sqrt(b0 / b))),
+        Mistake("the two rules are swapped: linear multiplies by k, sqrt by sqrt(k).",
+                lambda lr, b, b0, rule: lr * (math.sqrt(b / b0) if rule == "linear" else b / b0)),
+        Mistake("both rules give lr * k: the sqrt rule multiplies by sqrt(k).", lambda lr, b, b0, rule: lr * b / b0),
+        Mistake("both rules give lr * sqrt(k): the linear rule multiplies by k itself.",
+                lambda lr, b, b0, rule: lr * math.sqrt(b / b0)),
+        Mistake("the lr is not scaled at all.", lambda lr, b, b0, rule: lr),
+    ]
+    return check_exercise("scale_learning_rate", learner, scale_learning_rate, cases, mistakes=mistakes,
+                          atol=1e-12, rtol=1e-9)

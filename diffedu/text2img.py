@@ -1,0 +1,422 @@
+"""Text to image: a text encoder and a U-Net with cross-attention, trained together (lesson 09).
+
+    tokens = tokenizer.encode(prompts)                       (B, L) int64: [BOS, words..., PAD...]
+    context, mask = text_encoder(tokens)                     (B, L, D), (B, L) True at real tokens
+    eps_hat = unet(x_t, t, context=context, context_mask=mask)
+
+`Text2Img` is that model, called like every diffedu model, ``model(x_t, t, tokens)``, so the course's
+training loop (``train(model, images, schedule, config, labels=tokens)``, with the empty prompt as
+the null row of classifier-free guidance) and samplers (``cond=tokens, guidance=w,
+uncond=empty``) work on it unchanged. `generate` turns prompts into images, `capture_cross_attention`
+records where each word is looked at, `evaluate_prompts` measures how well images follow their
+prompts, and `load_text2img` loads the shipped ``mnist_text`` weights ("load if it exists, else train").
+
+The same model works in a VAE's latent space (lesson 07; Rombach et al. 2022, i.e. Stable Diffusion's layout):
+``Text2ImgConfig(vae="mnist_vae")`` names the VAE, the U-Net is sized for its latents (`mnist_latent_text`),
+training runs on ``vae.encode(images)``, and `generate` / `evaluate_prompts` take ``vae=`` to decode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from diffedu.layers import CrossAttention
+from diffedu.text import TextEncoder, TextEncoderConfig, Tokenizer
+from diffedu.unet import UNet, UNetConfig, mnist_small
+
+__all__ = [
+    "Text2Img", "Text2ImgConfig", "capture_cross_attention", "evaluate_prompts", "export_text2img", "generate",
+    "load_text2img", "mnist_latent_text", "mnist_text", "token_attention_maps",
+]
+
+FORMAT = "diffedu-text2img-weights"
+FORMAT_VERSION = 1
+MAX_FP32_BYTES = 3 * 2**20  # above this the weights are stored in float16
+RECIPES = {"mnist_text": "python benchmarks/text2img.py --train-minutes 15 --export"}
+
+
+@dataclass(frozen=True)
+class Text2ImgConfig:
+    """The U-Net, the text encoder and the tokenizer's words: everything that fixes a `Text2Img`."""
+
+    unet: UNetConfig
+    text: TextEncoderConfig
+    vocab: tuple[str, ...]  # the tokenizer's words, without PAD, BOS, UNK
+    vae: str | None = None  # the shipped VAE whose latents the U-Net denoises (None: pixels)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unet, dict):
+            object.__setattr__(self, "unet", UNetConfig(**self.unet))
+        if isinstance(self.text, dict):
+            object.__setattr__(self, "text", TextEncoderConfig(**self.text))
+        object.__setattr__(self, "vocab", tuple(self.vocab))
+        if self.unet.context_dim != self.text.dim:
+            raise ValueError(f"the U-Net's context_dim ({self.unet.context_dim}) must equal the text encoder's width "
+                             f"dim ({self.text.dim}): its cross-attention reads the encoder's vectors")
+        if self.text.vocab_size != len(self.vocab) + 3:
+            raise ValueError(f"text.vocab_size={self.text.vocab_size} must be len(vocab) + 3 (PAD, BOS, UNK) = "
+                             f"{len(self.vocab) + 3}")
+
+
+def mnist_text(vocab: Sequence[str], *, dim: int = 64, depth: int = 2, max_length: int = 16,
+               **unet_overrides: Any) -> Text2ImgConfig:
+    """A text-to-image model for 28x28 digits that trains on a laptop CPU: 0.28M parameters.
+
+    The U-Net is lesson 04's ``mnist_small`` layout at half its width, 8 -> 16 -> 32 channels at 28, 14 and 7
+    pixels (2.4x the images per CPU-second: in a 15-minute budget more images beat more width), with two-head
+    cross-attention at 14x14, at 7x7 and in the middle. The text encoder has two transformer blocks of width
+    64. Keyword arguments override U-Net fields, e.g. ``mnist_text(vocab, base_channels=16, norm_groups=8)``.
+    """
+    fields = {"base_channels": 8, "norm_groups": 4, "context_dim": dim, "cross_attention_resolutions": (14, 7),
+              "num_heads": 2, **unet_overrides}
+    unet = mnist_small(**fields)
+    text = TextEncoderConfig(vocab_size=len(vocab) + 3, max_length=max_length, dim=dim, depth=depth,
+                             num_heads=4, mlp_ratio=2)
+    return Text2ImgConfig(unet, text, tuple(vocab))
+
+
+def mnist_latent_text(vocab: Sequence[str], *, vae: str = "mnist_vae", latent_channels: int = 4,
+                      latent_size: int = 8, dim: int = 64, depth: int = 2, max_length: int = 16,
+                      **unet_overrides: Any) -> Text2ImgConfig:
+    """A text-to-latent model for lesson 07's MNIST VAE (latents 4x8x8): lesson 07's latent U-Net (``mnist_small``'s
+    16 -> 32 -> 64 channels at 8, 4 and 2 pixels, self-attention at 2x2) with two-head cross-attention at every level
+    and in the middle, and the same text encoder as `mnist_text`. An 8x8 latent costs a fraction of a 28x28 image:
+    about 3x the examples per CPU-second of `mnist_text`."""
+    lowest = latent_size // 4
+    fields = {"image_size": latent_size, "in_channels": latent_channels, "base_channels": 16,
+              "channel_mults": (1, 2, 4), "num_res_blocks": 1, "attention_resolutions": (lowest,), "norm_groups": 8,
+              "num_heads": 2, "context_dim": dim,
+              "cross_attention_resolutions": (latent_size, latent_size // 2, lowest), **unet_overrides}
+    text = TextEncoderConfig(vocab_size=len(vocab) + 3, max_length=max_length, dim=dim, depth=depth,
+                             num_heads=4, mlp_ratio=2)
+    return Text2ImgConfig(UNetConfig(**fields), text, tuple(vocab), vae=vae)
+
+
+class Text2Img(nn.Module):
+    """``eps_hat = Text2Img(x_t, t, tokens)``: the text encoder reads the tokens, the U-Net's cross-attention reads it.
+
+    ``tokens`` (B, L) int64 from ``model.tokenizer.encode(prompts)``; the padding mask comes from them. The
+    tokenizer travels with the model (its words are in the config).
+    """
+
+    def __init__(self, config: Text2ImgConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = Tokenizer(config.vocab, config.text.max_length)
+        self.text_encoder = TextEncoder(config.text)
+        self.unet = UNet(config.unet)
+
+    def forward(self, x: Tensor, t: Tensor | int | float, tokens: Tensor) -> Tensor:
+        context, mask = self.text_encoder(tokens)  # (B, L, D), (B, L)
+        return self.unet(x, t, context=context, context_mask=mask)
+
+    def encode(self, prompts: str | Sequence[str], *, warn: bool = True) -> Tensor:
+        """Token ids (B, L) of the prompts, on the model's device (a single prompt gives B = 1)."""
+        tokens = self.tokenizer.encode([prompts] if isinstance(prompts, str) else list(prompts), warn=warn)
+        return tokens.to(_device(self))
+
+    def empty_prompt(self) -> Tensor:
+        """The empty prompt's tokens (L,), [BOS, PAD, ...]: the unconditional case of guidance."""
+        return self.tokenizer.empty().to(_device(self))
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any]) -> Text2Img:
+        """Rebuild from ``dataclasses.asdict(config)`` (what checkpoints and weights files store)."""
+        return cls(Text2ImgConfig(**config))
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# --------------------------------------------------------------------------- prompts to images
+
+
+@torch.no_grad()
+def generate(model: Text2Img, schedule: Any, prompts: str | Sequence[str], *, n_per_prompt: int = 1,
+             guidance: float | None = 3.0, steps: int = 50, eta: float = 1.0, seed: int = 0,
+             batch_size: int = 250, clip_x0: bool | None = None, progress: bool = False, warn: bool = True,
+             vae: nn.Module | None = None) -> Tensor:
+    """Images for prompts, (len(prompts) * n_per_prompt, C, H, W) in [-1, 1], prompt-major, on the CPU.
+
+    DDIM sampling (``steps`` steps, noise scale ``eta``) with classifier-free guidance of scale ``guidance``
+    against the empty prompt (None: the conditional model alone, one model call a step). The same seed gives
+    the same starting noise for the same number of images. A latent model (``config.vae`` set) needs ``vae``,
+    which decodes its samples. ``clip_x0`` (clamp the predicted x_0 to [-1, 1]) defaults to True for pixels and
+    False for latents, which are not confined to [-1, 1].
+    """
+    from diffedu.samplers import ddim_sample
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts or n_per_prompt < 1:
+        raise ValueError("give at least one prompt and n_per_prompt >= 1")
+    _check_vae(model, vae)
+    clip_x0 = vae is None if clip_x0 is None else clip_x0
+    tokens = model.encode(prompts, warn=warn).repeat_interleave(n_per_prompt, dim=0)  # (B, L)
+    c = model.config.unet
+    shape = (len(tokens), c.in_channels, c.image_size, c.image_size)
+    generator = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(shape, generator=generator)  # noqa: N806
+    out = []
+    for start in range(0, len(tokens), batch_size):
+        part = slice(start, start + batch_size)
+        out.append(ddim_sample(model, schedule, tuple(x_T[part].shape), steps=steps, eta=eta, x_T=x_T[part],
+                               cond=tokens[part], guidance=guidance,
+                               uncond=model.empty_prompt() if guidance is not None else None,
+                               generator=generator, clip_x0=clip_x0, progress=progress,
+                               device=_device(model)))
+    samples = torch.cat(out)
+    if vae is None:
+        return samples.cpu()
+    with torch.no_grad():
+        vae_device = next(vae.parameters()).device
+        return torch.cat([vae.decode(samples[i: i + batch_size].to(vae_device)).cpu()
+                          for i in range(0, len(samples), batch_size)])
+
+
+def _check_vae(model: Text2Img, vae: nn.Module | None) -> None:
+    name = model.config.vae
+    if name is not None and vae is None:
+        raise ValueError(f"this model denoises the latents of the VAE {name!r}: pass vae= (load it with "
+                         f"diffedu.latent.load_vae({name!r}); load_text2img returns it in info['vae'])")
+    if name is None and vae is not None:
+        raise ValueError("this model works on pixels (config.vae is None): do not pass vae=")
+
+
+# --------------------------------------------------------------------------- where each word is looked at
+
+
+@contextlib.contextmanager
+def capture_cross_attention(model: nn.Module, resolution: int) -> Iterator[list[Tensor]]:
+    """Record the cross-attention weights of every block working at ``resolution`` x ``resolution``.
+
+    Yields a list that fills with one (B, nh, resolution**2, L) tensor per call of such a block (on the
+    CPU), in call order; the hooks are removed on exit. The weights are recomputed from the block's inputs
+    with `CrossAttention.attention_weights`, so the model runs its fast path unchanged.
+    """
+    records: list[Tensor] = []
+
+    def hook(module: CrossAttention, args: tuple[Any, ...], output: Tensor) -> None:
+        x = args[0]
+        if x.shape[-1] == resolution:
+            records.append(module.attention_weights(*args).detach().float().cpu())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, CrossAttention)]
+    if not handles:
+        raise ValueError("this model has no CrossAttention blocks to record (build its U-Net with context_dim)")
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def token_attention_maps(records: Sequence[Tensor], batch: int, resolution: int) -> Tensor:
+    """Average recorded weights over calls and heads: (B, L, resolution, resolution), one map per token.
+
+    With guidance every call sees a doubled batch [cond | uncond]; only the first ``batch`` rows (the
+    conditional half) are kept. A pixel's weights over the tokens sum to 1, so map l shows where token l
+    is read (how much of each pixel's update it supplies).
+    """
+    if not records:
+        raise ValueError("no attention weights were recorded: run the model inside capture_cross_attention, "
+                         "at a resolution where the U-Net has cross-attention")
+    mean = torch.stack([r[:batch].mean(dim=1) for r in records]).mean(dim=0)  # (B, N, L)
+    return mean.transpose(1, 2).reshape(batch, -1, resolution, resolution)
+
+
+# --------------------------------------------------------------------------- does the image follow the prompt?
+
+
+@torch.no_grad()
+def evaluate_prompts(model: Text2Img, schedule: Any, captioner: Any, classifier: nn.Module, *, n: int,
+                     templates: str = "train", guidance: float | None = 3.0, steps: int = 50, eta: float = 1.0,
+                     seed: int = 0, batch_size: int = 250, with_attribute: bool = True,
+                     vae: nn.Module | None = None) -> dict[str, Any]:
+    """Sample ``n`` images from prompts with a known class and (optionally) one known attribute; judge them.
+
+    Sample i asks for class i mod K and, with ``with_attribute``, for attribute i mod A at its low or high
+    level by turns (so N a multiple of 2 K A = 60 balances every triple), written with the ``templates``
+    ("train" or "heldout") by `Captioner.describe`. Then:
+
+    - class accuracy: the share the yardstick ``classifier`` reads as the class asked for;
+    - attribute accuracy: the share whose attribute, measured by the captioner's own functions and
+      thresholds (of the class asked for), falls at the level asked for (chance: about 1/3).
+
+    Returns {"class_accuracy", "attribute_accuracy", "per_attribute": {name: accuracy}, "prompts", "images",
+    "labels", "asked": {name: (n,) levels or -1}, "measured": {name: (n,) levels}}. A latent model needs ``vae``.
+    """
+    K = len(captioner.spec.nouns)  # noqa: N806
+    labels = torch.arange(n) % K
+    names = [a.name for a in captioner.spec.attributes if a.kind == "tertile"]
+    asked = {name: torch.full((n,), -1, dtype=torch.long) for name in names}
+    if with_attribute and names:
+        for i in range(n):  # sample i: class i mod K, attribute i mod A, low or high by turns
+            asked[names[i % len(names)]][i] = 0 if (i // len(names)) % 2 == 0 else 2
+    levels = {name: torch.where(v < 0, 1, v) for name, v in asked.items()}  # not asked (-1) -> mid: unsaid
+    prompts = captioner.describe(labels, levels, templates=templates, seed=seed)
+    images = generate(model, schedule, prompts, guidance=guidance, steps=steps, eta=eta, seed=seed,
+                      batch_size=batch_size, warn=False, vae=vae)
+    device = next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    predicted = torch.cat([classifier(images[i: i + 500].to(device)).argmax(1).cpu() for i in range(0, n, 500)])
+    classifier.train(was_training)
+    measured = captioner.attributes(images, labels)
+    per_attribute, hits, total = {}, 0, 0
+    for name in names:
+        sel = asked[name] >= 0
+        if bool(sel.any()):
+            right = int((measured[name][sel] == asked[name][sel]).sum())
+            per_attribute[name] = right / int(sel.sum())
+            hits, total = hits + right, total + int(sel.sum())
+    return {
+        "class_accuracy": float((predicted == labels).float().mean()),
+        "attribute_accuracy": hits / total if total else None,
+        "per_attribute": per_attribute,
+        "prompts": prompts, "images": images, "labels": labels, "predicted": predicted,
+        "asked": asked, "measured": measured,
+    }
+
+
+# --------------------------------------------------------------------------- shipped weights
+
+
+def weights_dir() -> Path:
+    return Path(__file__).parent / "weights"
+
+
+def export_text2img(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path: str | os.PathLike[str], *,
+                    name: str, record: dict[str, Any], captioner: Any | None = None) -> Path:
+    """Write the EMA weights of a `Text2Img` training checkpoint, its config, schedule and record to ``out_path``.
+
+    float32 when the weights take at most 3 MB, float16 above. ``captioner`` (a `diffedu.captions.Captioner`)
+    stores the attribute thresholds the captions were written with, so the same ones judge samples later.
+    The file loads with ``torch.load(weights_only=True)``.
+    """
+    from diffedu.train import atomic_save, load_checkpoint
+
+    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    if state.get("model_class") != "Text2Img" or state.get("model_config") is None:
+        raise ValueError(f"export_text2img needs a checkpoint of a Text2Img, got a {state.get('model_class')}")
+    weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    size = sum(v.numel() * v.element_size() for v in weights.values())
+    dtype = torch.float32 if size <= MAX_FP32_BYTES else torch.float16
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    schedule = state["schedule"]
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "state_dict": weights,
+        "dtype": str(dtype).removeprefix("torch."), "model_class": "Text2Img",
+        "model_config": json.loads(json.dumps(state["model_config"])),
+        "schedule": {"name": schedule["name"], "T": schedule["T"]},
+        "prediction": state["train_config"]["prediction"], "step": state["step"],
+        "captioner": captioner.state() if captioner is not None else None,
+        "record": json.loads(json.dumps(record)),
+    }
+    return atomic_save(payload, out_path)
+
+
+def load_text2img(name: str = "mnist_text", device: torch.device | str | None = None, *,
+                  directory: str | os.PathLike[str] | None = None) -> tuple[Text2Img, Any, dict[str, Any]]:
+    """The shipped text-to-image model ``name`` (eval mode, float32), its noise schedule, and an info dict.
+
+    ``info`` holds name, prediction, step, the training record, ``captioner`` (a `Captioner` with the
+    thresholds its training captions were written with, or None) and ``vae`` (for a latent model, the VAE
+    that decodes its samples, on the same device; else None). Raises FileNotFoundError (with the command that
+    makes the file) when it is missing.
+    """
+    from diffedu.captions import Captioner
+    from diffedu.profiles import default_device
+    from diffedu.schedules import make_schedule
+
+    path = Path(directory or weights_dir()) / f"{name}.pt"
+    if not path.is_file():
+        recipe = RECIPES.get(name)
+        raise FileNotFoundError(f"no text-to-image weights {name!r} at {path}"
+                                + (f"; make them with:\n    {recipe}" if recipe else ""))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read {path} ({type(exc).__name__}); delete it and export it again") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a text-to-image weights file (write those with export_text2img)")
+    model = Text2Img.from_config_dict(payload["model_config"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    schedule = make_schedule(payload["schedule"]["name"], payload["schedule"]["T"])
+    device = torch.device(device) if device is not None else default_device()
+    info = {k: payload[k] for k in ("name", "prediction", "step", "record", "dtype")}
+    info["captioner"] = Captioner.from_state(payload["captioner"]) if payload.get("captioner") else None
+    info["path"] = path
+    info["vae"] = None
+    if model.config.vae is not None:
+        from diffedu.latent import load_vae
+
+        info["vae"], _ = load_vae(model.config.vae, device=device)
+    return model.to(device).eval(), schedule.to(device), info
+
+
+def config_of(model: Text2Img) -> dict[str, Any]:
+    """The model's config as plain data (what checkpoints store)."""
+    return dataclasses.asdict(model.config)
+
+
+def with_unet(config: Text2ImgConfig, **overrides: Any) -> Text2ImgConfig:
+    """The config with some U-Net fields replaced (e.g. a tiny U-Net for quick runs)."""
+    return replace(config, unet=replace(config.unet, **overrides))
+
+
+# --------------------------------------------------------------------------- an explorer for prompts
+
+
+def prompt_explorer(model: Text2Img, schedule: Any, *, prompt: str = "a thick seven", guidance: float = 3.0,
+                    seed: int = 0, n: int = 8, steps: int = 25, nrow: int = 8, vae: nn.Module | None = None) -> Any:
+    """An ipywidgets box: a prompt, a guidance slider and a seed; it draws ``n`` images for the prompt.
+
+    The returned box has ``.draw()`` (redraw now; returns the images) and keeps ``.last_images``, so it
+    works without a browser too (tests, nbval).
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from diffedu.plotting import show_images
+
+    text = widgets.Text(value=prompt, description="prompt", continuous_update=False,
+                        layout=widgets.Layout(width="60%"))
+    scale = widgets.FloatSlider(value=guidance, min=0.0, max=10.0, step=0.5, description="guidance",
+                                continuous_update=False)
+    seed_box = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
+    output = widgets.Output()
+    box = widgets.VBox([widgets.HBox([text, scale, seed_box]), output])
+    box.last_images = None
+
+    def draw(change: Any = None) -> Tensor:
+        with output:
+            output.clear_output(wait=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                images = generate(model, schedule, text.value, n_per_prompt=n, guidance=float(scale.value),
+                                  steps=steps, seed=int(seed_box.value), vae=vae)
+            for w in caught:
+                print(f"note: {w.message}")
+            box.last_images = images
+            ax = show_images(images, nrow=nrow, size=0.7)
+            ax.set_title(f"{text.value!r}, guidance {scale.value:g}, seed {seed_box.value}", fontsize=9)
+            display(ax.figure)
+            plt.close(ax.figure)
+        return images
+
+    for control in (text, scale, seed_box):
+        control.observe(draw, names="value")
+    box.draw = draw
+    return box
