@@ -51,7 +51,8 @@ def test_solution_notebooks_follow_the_course_rules(path):
         if cell in solution_cells:
             following = [c for c in nb.cells[k + 1:] if c.cell_type == "code"][0]
             assert following.metadata.get("nbgrader", {}).get("grade"), f"exercise in cell {k} has no graded check after it"
-            assert "checks.check_" in following.source
+            assert re.search(r"\bchecks(_[a-z]+)?\.check_", following.source), (
+                f"the check after the exercise in cell {k} must call diffedu.checks*.check_...")
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)

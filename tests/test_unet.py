@@ -193,9 +193,13 @@ def test_config_defaults_and_normalisation() -> None:
     hash(config)  # frozen and hashable
 
 
-def test_context_dim_is_not_yet_supported() -> None:
-    with pytest.raises(NotImplementedError, match="lesson 09"):
-        UNet(tiny(context_dim=16))
+def test_context_dim_puts_cross_attention_where_self_attention_sits() -> None:
+    assert tiny().resolved_cross_attention_resolutions == ()
+    config = tiny(context_dim=16)
+    assert config.resolved_cross_attention_resolutions == config.attention_resolutions == (4,)
+    assert tiny(context_dim=16, cross_attention_resolutions=[8, 4]).resolved_cross_attention_resolutions == (8, 4)
+    model = UNet(config)
+    assert hasattr(model, "mid_cross") and not hasattr(UNet(tiny()), "mid_cross")
 
 
 # --- input validation -----------------------------------------------------------------------------
