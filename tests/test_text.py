@@ -32,7 +32,7 @@ from diffedu.text2img import (
     export_text2img,
     generate,
     load_text2img,
-    mnist_text,
+    mnist_pixel_text,
     token_attention_maps,
 )
 from diffedu.train import TrainConfig, train
@@ -63,7 +63,7 @@ def tiny_unet(**overrides) -> UNetConfig:
 
 def tiny_text2img(vocab=tuple(VOCAB)) -> Text2Img:
     """A 28x28 model small enough for a test: two levels, cross-attention at 14x14, a one-block encoder."""
-    config = mnist_text(vocab, dim=16, depth=1, base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,),
+    config = mnist_pixel_text(vocab, dim=16, depth=1, base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,),
                         cross_attention_resolutions=(14,), norm_groups=4)
     torch.manual_seed(0)
     return Text2Img(config)
