@@ -61,20 +61,32 @@ def export_weights(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path
     if state.get("model_config") is None or state.get("model_class") != "UNet":
         raise ValueError(f"export_weights needs a checkpoint of a diffedu UNet (with its config); this one holds "
                          f"a {state.get('model_class')} with config {state.get('model_config')}")
+    payload = weights_payload(state, file_format=FORMAT, name=name, record=record, max_fp32_bytes=MAX_FP32_BYTES)
+    return atomic_save(payload, out_path)
+
+
+def weights_payload(state: dict[str, Any], *, file_format: str, name: str, record: dict[str, Any],
+                    max_fp32_bytes: int) -> dict[str, Any]:
+    """What a shipped weights file holds, from a training checkpoint's state (`export_weights`, `export_text2img`).
+
+    The EMA weights (float32 up to ``max_fp32_bytes``, float16 above), the model's class and config, the
+    schedule (its betas only when it is not a named one), the prediction type, the step, and ``record``.
+    Only tensors and plain JSON types: the file loads with ``torch.load(weights_only=True)``.
+    """
     weights = _ema_weights(state)
     size = sum(v.numel() * v.element_size() for v in weights.values())
-    dtype = torch.float32 if size <= MAX_FP32_BYTES else torch.float16
+    dtype = torch.float32 if size <= max_fp32_bytes else torch.float16
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
     schedule = state["schedule"]
-    payload = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "state_dict": weights,
-        "dtype": str(dtype).removeprefix("torch."), "model_class": "UNet", "model_config": state["model_config"],
+    return {
+        "format": file_format, "format_version": FORMAT_VERSION, "name": name, "state_dict": weights,
+        "dtype": str(dtype).removeprefix("torch."), "model_class": state["model_class"],
+        "model_config": json.loads(json.dumps(state["model_config"])),
         "schedule": {"name": schedule["name"], "T": schedule["T"],
                      **({"betas": schedule["betas"]} if schedule["name"] not in SCHEDULES else {})},
         "prediction": state["train_config"]["prediction"], "step": state["step"],
-        "record": json.loads(json.dumps(record)),  # plain JSON types only: loads with weights_only=True
+        "record": json.loads(json.dumps(record)),
     }
-    return atomic_save(payload, out_path)
 
 
 def _ema_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:

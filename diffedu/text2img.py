@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -41,7 +40,6 @@ __all__ = [
 ]
 
 FORMAT = "diffedu-text2img-weights"
-FORMAT_VERSION = 1
 MAX_FP32_BYTES = 3 * 2**20  # above this the weights are stored in float16
 RECIPES = {"mnist_text": "python benchmarks/text2img.py --space latent --train-minutes 15 --export"}
 
@@ -307,25 +305,14 @@ def export_text2img(checkpoint: str | os.PathLike[str] | dict[str, Any], out_pat
     stores the attribute thresholds the captions were written with, so the same ones judge samples later.
     The file loads with ``torch.load(weights_only=True)``.
     """
+    from diffedu.pretrained import weights_payload
     from diffedu.train import atomic_save, load_checkpoint
 
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     if state.get("model_class") != "Text2Img" or state.get("model_config") is None:
         raise ValueError(f"export_text2img needs a checkpoint of a Text2Img, got a {state.get('model_class')}")
-    weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
-    size = sum(v.numel() * v.element_size() for v in weights.values())
-    dtype = torch.float32 if size <= MAX_FP32_BYTES else torch.float16
-    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
-    schedule = state["schedule"]
-    payload = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "state_dict": weights,
-        "dtype": str(dtype).removeprefix("torch."), "model_class": "Text2Img",
-        "model_config": json.loads(json.dumps(state["model_config"])),
-        "schedule": {"name": schedule["name"], "T": schedule["T"]},
-        "prediction": state["train_config"]["prediction"], "step": state["step"],
-        "captioner": captioner.state() if captioner is not None else None,
-        "record": json.loads(json.dumps(record)),
-    }
+    payload = weights_payload(state, file_format=FORMAT, name=name, record=record, max_fp32_bytes=MAX_FP32_BYTES)
+    payload["captioner"] = captioner.state() if captioner is not None else None
     return atomic_save(payload, out_path)
 
 
