@@ -17,7 +17,7 @@ the digits; each names one attribute at an extreme level) are sampled with DDIM 
 - the same two with prompts written in held-out phrasings (templates never seen in training).
 
 Every figure is appended to benchmarks/results/text2img.jsonl; a grid of samples goes to
-benchmarks/results/text2img_mnist_w{w}.png. Never fails on a number.
+benchmarks/results/text2img_{name}_{space}_w{w}.png. Never fails on a number.
 """
 
 from __future__ import annotations
