@@ -63,8 +63,8 @@ def tiny_unet(**overrides) -> UNetConfig:
 
 def tiny_text2img(vocab=tuple(VOCAB)) -> Text2Img:
     """A 28x28 model small enough for a test: two levels, cross-attention at 14x14, a one-block encoder."""
-    config = mnist_pixel_text(vocab, dim=16, depth=1, base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,),
-                        cross_attention_resolutions=(14,), norm_groups=4)
+    config = mnist_pixel_text(vocab, dim=16, depth=1, base_channels=8, channel_mults=(1, 2),
+                              attention_resolutions=(14,), cross_attention_resolutions=(14,), norm_groups=4)
     torch.manual_seed(0)
     return Text2Img(config)
 
