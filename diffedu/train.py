@@ -94,6 +94,7 @@ class TrainConfig:
     ema_impl: Literal["foreach", "swa_utils"] = "foreach"  # see `EMA`: "swa_utils" is AveragedModel's own update
     flip: bool = False  # random horizontal flips of image batches (for CIFAR-10; not for digits)
     prediction: Prediction = "eps"
+    min_snr_gamma: float | None = None  # weight the loss by min(SNR, gamma) (see `diffedu.losses`); None: plain mean
     cond_drop_prob: float = 0.0  # labels -> null_label with this probability (classifier-free guidance)
     null_label: int | tuple[int, ...] | None = None  # None: config.num_classes; a tuple: the null row (empty prompt)
     seed: int = 0
@@ -108,7 +109,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {name}={value!r}")
-        for name in ("seconds", "lr", "grad_clip", "checkpoint_every_seconds"):
+        for name in ("seconds", "lr", "grad_clip", "checkpoint_every_seconds", "min_snr_gamma"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive (or None), got {name}={value!r}")
@@ -276,6 +277,7 @@ def train_step(
     prediction: Prediction = "eps",
     grad_clip: float | None = 1.0,
     autocast_dtype: torch.dtype | None = None,
+    min_snr_gamma: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One optimisation step on the batch x0: loss, backward, clip, update. Returns (loss, grad norm).
 
@@ -285,7 +287,8 @@ def train_step(
     """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x0.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        loss = ddpm_loss(model, x0, schedule, t, eps, cond=cond, prediction=prediction, generator=generator)
+        loss = ddpm_loss(model, x0, schedule, t, eps, cond=cond, prediction=prediction, generator=generator,
+                         min_snr_gamma=min_snr_gamma)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip is not None else None
     optimizer.step()
@@ -432,7 +435,7 @@ def train(
                                               channels_last=channels_last)
                 loss, _ = train_step(step_model, optimizer, x0, schedule, cond=cond, t=t, eps=eps,
                                      prediction=config.prediction, grad_clip=config.grad_clip,
-                                     autocast_dtype=amp_dtype)
+                                     autocast_dtype=amp_dtype, min_snr_gamma=config.min_snr_gamma)
                 if ema is not None:
                     ema.update_parameters(model)
                 step += 1
@@ -748,6 +751,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
+    p.add_argument("--min-snr-gamma", type=float, default=None, metavar="G",
+                   help="weight the loss by min(SNR, G) (Hang et al. 2023; 5 is usual); default: plain mean")
     p.add_argument("--conditional", action="store_true", help="class-conditional, with label dropout 0.1")
     p.add_argument("--flip", action="store_true", help="random horizontal flips (CIFAR-10; not digits)")
     p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images")
@@ -782,8 +787,9 @@ def main(argv: list[str] | None = None) -> TrainResult:
     config = TrainConfig(steps=args.steps, seconds=minutes * 60 if minutes else None, batch_size=batch_size,
                          lr=lr, warmup_steps=warmup, lr_decay=args.lr_decay, ema_decay=args.ema_decay, amp=args.amp,
                          channels_last=args.channels_last, compile=args.compile, fused_adam=args.fused_adam,
-                         ema_impl=args.ema_impl, flip=args.flip, cond_drop_prob=0.1 if args.conditional else 0.0,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed)
+                         ema_impl=args.ema_impl, flip=args.flip, min_snr_gamma=args.min_snr_gamma,
+                         cond_drop_prob=0.1 if args.conditional else 0.0, checkpoint_every=args.checkpoint_every,
+                         seed=args.seed)
     schedule = make_schedule(args.schedule, args.T)
     say(f"{args.preset}: {unet.count_parameters(model):,} parameters | {images!r} | {schedule!r} | "
         f"device {device} ({device_name(device)}, {torch.get_num_threads()} threads)"

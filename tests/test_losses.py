@@ -70,3 +70,26 @@ def test_bad_prediction_and_model_output_shape():
         ddpm_loss(lambda x, t: x, torch.zeros(2, 2), S, prediction="score")
     with pytest.raises(ValueError, match="model returned shape"):
         ddpm_loss(lambda x, t: x[:, :1], torch.zeros(2, 2), S)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_counts_an_x0_error_by_min_snr(prediction):
+    """Whatever the network predicts, an error delta on x0 costs min(SNR_t, gamma) * delta^2 (Hang et al. 2023)."""
+    torch.manual_seed(0)
+    x0, eps = torch.rand(64, 3) * 2 - 1, torch.randn(64, 3)
+    t = torch.arange(64) * (S.T // 64)  # from nearly clean (SNR in the thousands) to pure noise
+    x_t = q_sample(x0, t, eps, S)
+    delta = 0.1 * torch.randn(64, 3)
+    wrong_x0 = x0 + delta
+    output = training_target(wrong_x0, eps_from_x0(wrong_x0, x_t, t, S), t, S, prediction)
+    abar = S.alphas_cumprod[t]
+    expected = ((abar / (1 - abar)).clamp(max=5.0) * delta.square().mean(dim=1)).mean()
+    loss = ddpm_loss(lambda x, t_: output, x0, S, t, eps, prediction=prediction, min_snr_gamma=5.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-3)
+    plain = ddpm_loss(lambda x, t_: output, x0, S, t, eps, prediction=prediction)
+    assert plain.item() != pytest.approx(loss.item(), rel=0.1)  # the weighting changes the number
+
+
+def test_min_snr_gamma_must_be_positive():
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        ddpm_loss(lambda x, t: x, torch.zeros(2, 2), S, min_snr_gamma=0.0)
