@@ -718,7 +718,7 @@ def _describe(x: Any) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
-PRESETS = ("mnist_small", "cifar10_small", "ddpm_cifar10")
+PRESETS = ("mnist_small", "mnist_patch", "cifar10_small", "ddpm_cifar10")
 
 
 def main(argv: list[str] | None = None) -> TrainResult:

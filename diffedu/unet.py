@@ -15,6 +15,12 @@ a noisy image and its timestep to an image of the same size):
 
 Level l works at resolution S / 2**l with ``base_channels * channel_mults[l]`` channels.
 
+Patches (``patch_size=p``, lesson 04's CPU recipe): the stem first folds each p x p patch of pixels
+into p*p channels (``nn.PixelUnshuffle``), so the whole net works at S / p, and the output conv
+unfolds them again (``nn.PixelShuffle``). Nothing is lost (it is a reshuffle of the same numbers),
+but every convolution touches p*p times fewer positions: the full-resolution level, the dearest
+one, is gone. Diffusion Transformers patchify their input the same way.
+
 Text conditioning (lesson 09): with ``context_dim=D`` every block at a resolution in
 ``cross_attention_resolutions`` (by default, where self-attention sits) and the middle get a
 ``CrossAttention`` after their attention, through which the pixels read the text tokens:
@@ -39,6 +45,7 @@ __all__ = [
     "cifar10_small",
     "count_parameters",
     "ddpm_cifar10",
+    "mnist_patch",
     "mnist_small",
     "shape_trace",
 ]
@@ -52,7 +59,8 @@ class UNetConfig:
     ``num_classes=K`` adds a learned label embedding to the time embedding; labels run over
     0 .. K-1 and the extra label K means "no label" (for classifier-free guidance). ``context_dim=D``
     adds cross-attention to text tokens of width D (lesson 09), at ``cross_attention_resolutions``
-    (None: the ``attention_resolutions``) and in the middle.
+    (None: the ``attention_resolutions``) and in the middle. ``patch_size=p`` runs the net on p x p
+    patches folded into channels, at ``image_size / p``.
     """
 
     image_size: int
@@ -69,6 +77,7 @@ class UNetConfig:
     num_classes: int | None = None
     context_dim: int | None = None
     cross_attention_resolutions: tuple[int, ...] | None = None
+    patch_size: int = 1
 
     def __post_init__(self) -> None:
         # Accept lists too, but store tuples so the frozen config stays hashable.
@@ -89,8 +98,8 @@ class UNetConfig:
 
     @property
     def resolutions(self) -> tuple[int, ...]:
-        """Spatial size of each level: ``image_size // 2**l``."""
-        return tuple(self.image_size // 2**level for level in range(len(self.channel_mults)))
+        """Spatial size of each level: ``image_size // patch_size // 2**l``."""
+        return tuple(self.image_size // self.patch_size // 2**level for level in range(len(self.channel_mults)))
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -118,6 +127,7 @@ class UNetConfig:
             "time_embed_dim": self.time_embed_dim,
             "num_classes": self.num_classes,
             "context_dim": self.context_dim,
+            "patch_size": self.patch_size,
         }
         for name, value in positive.items():
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -132,7 +142,18 @@ class UNetConfig:
             raise ValueError(f"channel_mults must hold positive integers, got {self.channel_mults}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got dropout={self.dropout}")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}; "
+                f"choose a patch_size that divides it (1 means no patches)"
+            )
         factor = 2 ** (len(self.channel_mults) - 1)
+        if self.patch_size > 1 and (self.image_size // self.patch_size) % factor != 0:
+            raise ValueError(
+                f"image_size / patch_size = {self.image_size // self.patch_size} is not divisible by "
+                f"2**(len(channel_mults)-1)={factor}, so the {len(self.channel_mults)} levels cannot halve it "
+                f"exactly; use fewer channel_mults or another patch_size"
+            )
         if self.image_size % factor != 0:
             raise ValueError(
                 f"image_size={self.image_size} is not divisible by 2**(len(channel_mults)-1)={factor}, "
@@ -215,7 +236,10 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(c.base_channels, time_dim)
         # Label embedding: rows 0 .. K-1 for the classes, row K for "no label".
         self.label_embed = nn.Embedding(c.num_classes + 1, time_dim) if c.num_classes is not None else None
-        self.stem = nn.Conv2d(c.in_channels, c.base_channels, kernel_size=3, padding=1)
+        p = c.patch_size
+        if p > 1:  # no weights, so a model without patches keeps its state dict as it was
+            self.unshuffle = nn.PixelUnshuffle(p)  # (B, C, S, S) -> (B, C p^2, S/p, S/p)
+        self.stem = nn.Conv2d(c.in_channels * p * p, c.base_channels, kernel_size=3, padding=1)
 
         ch = c.base_channels
         skip_channels = [ch]  # channels of every tensor the down path keeps for the up path
@@ -247,10 +271,11 @@ class UNet(nn.Module):
             if level != 0:
                 self.up.append(Upsample(ch))
 
-        out_conv = nn.Conv2d(ch, c.resolved_out_channels, kernel_size=3, padding=1)
+        out_conv = nn.Conv2d(ch, c.resolved_out_channels * p * p, kernel_size=3, padding=1)
         nn.init.zeros_(out_conv.weight)  # a fresh net predicts zero everywhere
         nn.init.zeros_(out_conv.bias)
-        self.out = nn.Sequential(group_norm(ch, c.norm_groups), nn.SiLU(), out_conv)
+        unfold = [nn.PixelShuffle(p)] if p > 1 else []  # (B, C p^2, S/p, S/p) -> (B, C, S, S)
+        self.out = nn.Sequential(group_norm(ch, c.norm_groups), nn.SiLU(), out_conv, *unfold)
 
     def forward(self, x: Tensor, t: Tensor | int | float, cond: Tensor | None = None, *,
                 context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
@@ -271,7 +296,9 @@ class UNet(nn.Module):
                 "build it with UNetConfig(num_classes=...) to condition on class labels"
             )
 
-        h = self.stem(x)  # (B, base, S, S)
+        if self.config.patch_size > 1:
+            x = self.unshuffle(x)  # (B, C p^2, S/p, S/p)
+        h = self.stem(x)  # (B, base, S/p, S/p)
         skips = [h]
         for block in self.down:
             h = block(h, emb, context, context_mask) if isinstance(block, ResAttnBlock) else block(h)
@@ -402,6 +429,26 @@ def mnist_small(**overrides: Any) -> UNetConfig:
         in_channels=1,
         base_channels=16,
         channel_mults=(1, 2, 4),
+        num_res_blocks=1,
+        attention_resolutions=(7,),
+        norm_groups=8,
+    )
+    return replace(config, **overrides)
+
+
+def mnist_patch(**overrides: Any) -> UNetConfig:
+    """``mnist_small``'s size on 2x2 patches: 28x28 folded into 4x14x14, then 14 -> 7, attention at 7x7, 0.70M params.
+
+    Channels 32 -> 64 at 14x14 and 7x7, as in ``mnist_small``'s two lower levels; the 28x28 level,
+    which held a third of the FLOPs and most of the memory traffic, is gone. 0.10 GFLOP per image,
+    and on a CPU a training step takes about half the time of ``mnist_small``'s.
+    """
+    config = UNetConfig(
+        image_size=28,
+        in_channels=1,
+        patch_size=2,
+        base_channels=32,
+        channel_mults=(1, 2),
         num_res_blocks=1,
         attention_resolutions=(7,),
         norm_groups=8,

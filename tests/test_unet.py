@@ -15,6 +15,7 @@ from diffedu.unet import (
     cifar10_small,
     count_parameters,
     ddpm_cifar10,
+    mnist_patch,
     mnist_small,
     shape_trace,
 )
@@ -57,6 +58,8 @@ def perturbed(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torc
         (tiny(channel_mults=(1, 2, 2), image_size=12, attention_resolutions=(12, 3)), 2),
         (tiny(num_res_blocks=2, num_classes=3), 2),
         (mnist_small(), 1),
+        (tiny(patch_size=2, attention_resolutions=(2,)), 2),
+        (mnist_patch(), 1),
     ],
 )
 def test_output_shape(config: UNetConfig, batch: int) -> None:
@@ -142,6 +145,35 @@ def test_training_from_zero_init_learns_t_dependence() -> None:
 # --- parameter counts -----------------------------------------------------------------------------
 
 
+def test_patches_fold_pixels_into_channels_and_back() -> None:
+    """patch_size=2 runs the levels at S/2 on 4x the channels and unfolds the output to full size again."""
+    config = tiny(patch_size=2, attention_resolutions=(2,))
+    assert config.resolutions == (4, 2)
+    model = perturbed(UNet(config))
+    trace = dict(shape_trace(model, torch.randn(2, 2, 8, 8), 5))
+    assert trace["unshuffle"] == (2, 8, 4, 4) and trace["stem"] == (2, 8, 4, 4) and trace["out"] == (2, 2, 8, 8)
+    # Each of the 4 pixels of a patch gets its own output: the net is not blind to positions within a patch.
+    x = torch.randn(1, 2, 8, 8, requires_grad=True)
+    model(x, torch.tensor([3]))[0, :, 0, 1].sum().backward()
+    assert (x.grad[0, :, :2, :2].abs() > 0).all()
+    # Without patches nothing changes: no unshuffle module, the same parameter names as before.
+    plain = UNet(tiny())
+    assert not hasattr(plain, "unshuffle") and "out.2.weight" in dict(plain.named_parameters())
+
+
+def test_mnist_patch_is_mnist_small_sized_but_cheaper() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(config: UNetConfig) -> int:
+        with FlopCounterMode(display=False) as counter:
+            UNet(config)(torch.randn(1, 1, 28, 28), torch.tensor([10]))
+        return counter.get_total_flops()
+
+    small, patch = mnist_small(), mnist_patch()
+    assert abs(count_parameters(UNet(patch)) - count_parameters(UNet(small))) < 0.05e6
+    assert flops(patch) < 0.75 * flops(small)
+
+
 def test_ddpm_cifar10_has_35_7m_parameters() -> None:
     n = count_parameters(UNet(ddpm_cifar10()))
     assert abs(n - 35.7e6) < 0.1e6, n
@@ -178,6 +210,10 @@ def test_class_embedding_adds_one_row_per_class_plus_null() -> None:
         (dict(num_heads=3), r"16 channels .* num_heads=3"),
         (dict(num_classes=0), r"num_classes must be a positive integer"),
         (dict(time_embed_dim=-4), r"time_embed_dim must be a positive integer"),
+        (dict(patch_size=3), r"image_size=8 is not divisible by patch_size=3"),
+        (dict(patch_size=8), r"image_size / patch_size = 1 is not divisible by 2\*\*\(len\(channel_mults\)-1\)=2"),
+        (dict(patch_size=2, attention_resolutions=(8,)), r"attention resolution 8 never occurs.*\(4, 2\)"),
+        (dict(patch_size=0), r"patch_size must be a positive integer"),
     ],
 )
 def test_invalid_config_raises(overrides: dict[str, object], match: str) -> None:
