@@ -69,6 +69,20 @@ def device_name(device: torch.device) -> str:
     return _cpu_name()
 
 
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX, e.g. Intel Xeon since Sapphire Rapids,
+    AMD Zen 4): there bf16 autocast makes training faster; elsewhere it emulates bf16 and is slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -387,3 +387,11 @@ def test_the_lesson_check_of_the_scaling_rule_names_the_common_mistakes():
         check_scale_learning_rate(lambda lr, b, b0, rule="sqrt": lr * (b0 / b if rule == "linear" else math.sqrt(b0 / b)))
     with pytest.raises(ExerciseError, match="swapped"):
         check_scale_learning_rate(lambda lr, b, b0, rule="sqrt": lr * (math.sqrt(b / b0) if rule == "linear" else b / b0))
+
+
+def test_min_snr_gamma_is_checked_and_cpu_bf16_probe_answers():
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        TrainConfig(steps=1, min_snr_gamma=0.0)
+    from diffedu.profiles import cpu_has_bf16
+
+    assert isinstance(cpu_has_bf16(), bool)
