@@ -1,7 +1,8 @@
 """MNIST: train in a profile for a time budget, then measure sample quality and speed, DDPM against DDIM.
 
-1. Trains `mnist_small` (or the --preset in --train-args) with the course's loop (`python -m diffedu.train`), or reuses the
-   checkpoint at --out when it has already spent its budget (its JSON record gives the training figures).
+1. Trains `mnist_small` (or the --preset given in --train-args) with the course's loop
+   (`python -m diffedu.train`), or reuses the checkpoint at --out when it has already spent its budget
+   (its JSON record gives the training figures).
 2. Draws --samples images with DDPM (T steps) and with DDIM at each of --ddim-steps, all from the EMA
    weights, and scores each set with `diffedu.metrics.evaluate_samples` (FID_self, KID, confident
    fraction, with the real-vs-real floor at the same count).
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         model, schedule, state = model_from_checkpoint(ckpt, device="cpu" if args.profile != "gpu" else None)
         config, ckpt_name = state["train_config"], args.out
     device = next(model.parameters()).device
-    base = {"model": train_record.get("preset", "mnist_small"), "train_steps": state["step"], "train_seconds": round(state["seconds"], 1),
+    base = {"model": train_record.get("preset", "mnist_small"), "train_steps": state["step"],
+            "train_seconds": round(state["seconds"], 1),
             "batch": config["batch_size"], "lr": config["lr"], "seed": args.seed, "sample_count": args.samples,
             "threads": train_record.get("threads"), "checkpoint": ckpt_name, "train_command": train_record["command"]}
     if not args.checkpoint:  # a shipped model's training speed was recorded when it was trained
