@@ -72,26 +72,25 @@ def device_name(device: torch.device) -> str:
 def cpu_has_bf16() -> bool:
     """True where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX, e.g. Intel Xeon since Sapphire Rapids,
     AMD Zen 4): there bf16 autocast makes training faster; elsewhere it emulates bf16 and is slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+    flags = set((_cpuinfo("flags") or "").split())
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
 def _cpu_name() -> str:
+    model = _cpuinfo("model name")
+    return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of /proc/cpuinfo (Linux), or None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return None
 
 
 def seed_everything(seed: int) -> None:
