@@ -1,7 +1,7 @@
 """CIFAR-10: FID_self against training wall-clock, with the whole speed recipe (a GPU benchmark).
 
 1. The yardstick: the CIFAR-10 classifier at --classifier (default diffedu/weights/cifar10_classifier.pt);
-   with --train-classifier it is trained first when missing (`python -m diffedu.classifier --dataset cifar10`,
+   with --train-classifier it is trained first when missing (`python -m diffedu.models.classifier --dataset cifar10`,
    a few minutes on a GPU). Without one, the script trains and samples but records no FID_self.
 2. Trains --preset (default ddpm_cifar10, 35.7M parameters) with the course's loop (`diffedu.train.train`,
    data on the device, random flips, bf16 autocast on CUDA, channels_last, torch.compile, fused AdamW, the
@@ -35,13 +35,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, record  # noqa: E402
 
-from diffedu import unet  # noqa: E402
-from diffedu.classifier import load_classifier, save_classifier, train_classifier, weights_path  # noqa: E402
+from diffedu.course.plotting import image_grid  # noqa: E402
+from diffedu.course.profiles import get_profile  # noqa: E402
 from diffedu.data import load_dataset  # noqa: E402
 from diffedu.device_data import DeviceImages  # noqa: E402
 from diffedu.metrics import SmallSampleWarning, evaluate_samples  # noqa: E402
-from diffedu.plotting import image_grid  # noqa: E402
-from diffedu.profiles import get_profile  # noqa: E402
+from diffedu.models import unet  # noqa: E402
+from diffedu.models.classifier import load_classifier, save_classifier, train_classifier, weights_path  # noqa: E402
 from diffedu.samplers import ddim_sample  # noqa: E402
 from diffedu.schedules import make_schedule  # noqa: E402
 from diffedu.train import TrainConfig, scale_learning_rate, train  # noqa: E402
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     judge = load_classifier("cifar10", device=device, path=classifier_file) if classifier_file.is_file() else None
     if judge is None:
         print(f"no CIFAR-10 classifier at {classifier_file}: no FID_self will be recorded. Train one with\n"
-              f"  python -m diffedu.classifier --dataset cifar10   (or pass --train-classifier)")
+              f"  python -m diffedu.models.classifier --dataset cifar10   (or pass --train-classifier)")
     else:
         print(f"yardstick: {classifier_file} ({judge.metadata['test_accuracy']:.1%} test accuracy)")
 

@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import record  # noqa: E402
 
-from diffedu.classifier import load_classifier
+from diffedu.course.profiles import get_profile
 from diffedu.data import SampleDataWarning
 from diffedu.metrics import SUBSET_SEED, extract_features, frechet_distance, kid, real_images
-from diffedu.profiles import get_profile
+from diffedu.models.classifier import load_classifier
 
 
 def main(argv: list[str] | None = None) -> None:

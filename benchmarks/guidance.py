@@ -3,7 +3,7 @@
 For each guidance scale w the same balanced labels (each digit equally often) and the same starting noise
 go through DDIM with `guidance=w, uncond=null`; the samples are scored with
 
-- class_accuracy (the conditional accuracy): the share that the yardstick classifier (`diffedu.classifier`)
+- class_accuracy (the conditional accuracy): the share that the yardstick classifier (`diffedu.models.classifier`)
   reads as the requested digit;
 - FID_self, its real-vs-real floor at the same count, KID and the confident fraction (`evaluate_samples`);
 - the within-class spread: mean distance between classifier features of two samples of one requested digit;
@@ -33,10 +33,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, record  # noqa: E402
 
-from diffedu.classifier import load_classifier  # noqa: E402
+from diffedu.course.plotting import image_grid  # noqa: E402
 from diffedu.data import load_dataset  # noqa: E402
 from diffedu.metrics import evaluate_samples, extract_features  # noqa: E402
-from diffedu.plotting import image_grid  # noqa: E402
+from diffedu.models.classifier import load_classifier  # noqa: E402
 from diffedu.pretrained import load_pretrained  # noqa: E402
 from diffedu.samplers import ddim_sample  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Latent against pixel diffusion on MNIST, in one run, with the same U-Net width: step cost and quality per time.
 
-1. The VAE: trained first (`diffedu.vae.train_vae`, --vae-minutes), or loaded from --vae; its training time
+1. The VAE: trained first (`diffedu.models.vae.train_vae`, --vae-minutes), or loaded from --vae; its training time
    is reported on its own. Its reconstructions of test digits are scored with FID_self: the best a latent
    model can do with this VAE. Then the training set is encoded once (timed, reported on its own too).
 2. The cost of a training step: short runs of the course's loop (`diffedu.train.train`), `mnist_small` on
@@ -42,17 +42,25 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, record  # noqa: E402
 
+from diffedu.course.plotting import show_images  # noqa: E402
 from diffedu.data import load_dataset  # noqa: E402
-from diffedu.latent import (QualityLog, encode_dataset, latent_unet_config, load_vae, sample_decoded,  # noqa: E402
-                            save_vae, seconds_to_reach, vae_weights_path)
+from diffedu.latent import (  # noqa: E402
+    QualityLog,
+    encode_dataset,
+    latent_unet_config,
+    load_vae,
+    sample_decoded,
+    save_vae,
+    seconds_to_reach,
+    vae_weights_path,
+)
 from diffedu.metrics import SmallSampleWarning, evaluate_samples  # noqa: E402
-from diffedu.plotting import show_images  # noqa: E402
+from diffedu.models.unet import UNet, count_parameters, mnist_small  # noqa: E402
+from diffedu.models.vae import VAE, VAETrainConfig, mnist_vae, train_vae  # noqa: E402
 from diffedu.pretrained import export_weights, weights_dir  # noqa: E402
 from diffedu.samplers import ddim_sample  # noqa: E402
 from diffedu.schedules import make_schedule  # noqa: E402
 from diffedu.train import TrainConfig, train  # noqa: E402
-from diffedu.unet import UNet, count_parameters, mnist_small  # noqa: E402
-from diffedu.vae import VAE, VAETrainConfig, mnist_vae, train_vae  # noqa: E402
 
 BENCH = "latent"
 

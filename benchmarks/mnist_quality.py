@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, record  # noqa: E402
 
+from diffedu.course.plotting import image_grid  # noqa: E402
 from diffedu.metrics import evaluate_samples  # noqa: E402
-from diffedu.plotting import image_grid  # noqa: E402
-from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
 from diffedu.pretrained import load_pretrained, model_from_checkpoint  # noqa: E402
+from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
 from diffedu.train import main as train_main  # noqa: E402
 
 

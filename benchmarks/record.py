@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from diffedu.profiles import device_name
-from diffedu.train import git_commit
+from diffedu.devices import device_name
+from diffedu.train_cli import git_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

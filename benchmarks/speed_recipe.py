@@ -50,10 +50,10 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import record  # noqa: E402
 
-from diffedu import unet  # noqa: E402
+from diffedu.course.profiles import device_name, get_profile  # noqa: E402
 from diffedu.data import SampleDataWarning, load_dataset  # noqa: E402
 from diffedu.device_data import DeviceImages  # noqa: E402
-from diffedu.profiles import device_name, get_profile  # noqa: E402
+from diffedu.models import unet  # noqa: E402
 from diffedu.schedules import make_schedule  # noqa: E402
 from diffedu.train import TrainConfig, scale_learning_rate, train  # noqa: E402
 

@@ -39,13 +39,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from record import RESULTS, record  # noqa: E402
 
 from diffedu.captions import Captioner  # noqa: E402
+from diffedu.course.profiles import device_name  # noqa: E402
 from diffedu.data import load_dataset  # noqa: E402
-from diffedu.profiles import device_name  # noqa: E402
+from diffedu.models.unet import count_parameters  # noqa: E402
 from diffedu.schedules import make_schedule  # noqa: E402
-from diffedu.text2img import (Text2Img, evaluate_prompts, export_text2img, load_text2img, mnist_latent_text,  # noqa: E402
-                              mnist_pixel_text)
+from diffedu.text2img import (  # noqa: E402
+    Text2Img,
+    evaluate_prompts,
+    export_text2img,
+    load_text2img,
+    mnist_latent_text,
+    mnist_pixel_text,
+)
 from diffedu.train import TrainConfig, git_commit, train  # noqa: E402
-from diffedu.unet import count_parameters  # noqa: E402
 
 # The pixel model: `mnist_pixel_text`'s defaults (8-16-32 channels, cross-attention at 14x14, 7x7 and in the
 # middle); the latent model (the shipped one): `mnist_latent_text`'s defaults.
@@ -143,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_eval:
         return
 
-    from diffedu.classifier import load_classifier
-    from diffedu.plotting import image_grid
+    from diffedu.course.plotting import image_grid
+    from diffedu.models.classifier import load_classifier
 
     classifier = load_classifier("mnist")
     base = {"model": args.name, "space": train_record.get("space", "pixel"), "train_steps": train_record["steps"], "train_seconds": train_record["seconds"],

@@ -32,6 +32,8 @@ from typing import Iterator, Literal
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +144,6 @@ def _tv_present(name: str) -> bool:
 
 def _tv_load(name: str, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, H, W[, 3]) uint8 and labels through torchvision's dataset classes."""
-    import torchvision.datasets as tvd
-
     cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S if download else previous)
@@ -168,8 +168,6 @@ def _decode_jpeg_npz(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndar
 
     A full decode is cached as .npy under cache_dir(), keyed by the file's path, size and mtime,
     so that a second load is fast and a changed file is decoded again."""
-    from PIL import Image
-
     st, tag = path.stat(), f"{zlib.crc32(str(path.resolve()).encode()):08x}"
     cached = cache_dir() / "decoded" / f"{path.stem}-{tag}-{st.st_size}-{st.st_mtime_ns}.npy"
     y = _read_npz(path, ("y",))["y"]

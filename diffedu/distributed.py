@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["DistributedInfo", "all_reduce_mean", "any_rank", "barrier", "cleanup", "current", "init_distributed", "wrap_model"]
 
@@ -105,7 +106,6 @@ def wrap_model(model: nn.Module, info: DistributedInfo) -> nn.Module:
     """
     if not info.enabled:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)

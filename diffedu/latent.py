@@ -1,4 +1,4 @@
-"""Diffusion in a VAE's latent space (lesson 07): the helpers around `diffedu.vae` and the course's U-Net.
+"""Diffusion in a VAE's latent space (lesson 07): the helpers around `diffedu.models.vae` and the course's U-Net.
 
 Latent diffusion (Rombach et al. 2022) in three moves, each an existing piece of the course:
 
@@ -13,6 +13,7 @@ a training callback that measures FID_self against training time (for "time to a
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from dataclasses import asdict, replace
@@ -21,11 +22,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from diffedu.checkpoints import atomic_save, weights_dir
+from diffedu.devices import default_device
+from diffedu.metrics import SmallSampleWarning, evaluate_samples
+from diffedu.models.unet import UNetConfig
+from diffedu.models.vae import VAE, VAEConfig
 from diffedu.samplers import ddim_sample
 from diffedu.schedules import NoiseSchedule
-from diffedu.unet import UNetConfig
-from diffedu.vae import VAE, VAEConfig
 
 __all__ = [
     "QualityLog",
@@ -45,8 +50,6 @@ VAE_FORMAT_VERSION = 1
 @torch.no_grad()
 def encode_dataset(vae: VAE, images: Tensor, *, batch_size: int = 500, progress: bool = False) -> Tensor:
     """``vae.encode`` (the scaled mean latents) over ``images`` (N, C, S, S) in batches; returns (N, c, S', S') on the CPU."""
-    from tqdm.auto import tqdm
-
     device = next(vae.parameters()).device
     was_training = vae.training
     vae.eval()
@@ -98,8 +101,6 @@ def sample_decoded(model: Callable[..., Tensor], schedule: NoiseSchedule, vae: V
 
 def vae_weights_path(name: str) -> Path:
     """Where a shipped VAE lives: ``diffedu/weights/<name>.pt``."""
-    from diffedu.pretrained import weights_dir
-
     return weights_dir() / f"{name}.pt"
 
 
@@ -108,10 +109,6 @@ def save_vae(vae: VAE, path: str | Path, *, name: str, record: dict[str, Any]) -
 
     Holds tensors and primitives only: it loads with ``torch.load(..., weights_only=True)``.
     """
-    import json
-
-    from diffedu.train import atomic_save
-
     payload = {"format": VAE_FORMAT, "format_version": VAE_FORMAT_VERSION, "name": name,
                "config": asdict(vae.config), "state_dict": {k: v.detach().cpu() for k, v in vae.state_dict().items()},
                "record": json.loads(json.dumps(record))}
@@ -121,15 +118,13 @@ def save_vae(vae: VAE, path: str | Path, *, name: str, record: dict[str, Any]) -
 def load_vae(name_or_path: str | Path = "mnist_vae", device: torch.device | str | None = None) -> tuple[VAE, dict[str, Any]]:
     """A saved VAE (eval mode) and its training record: a shipped name (``"mnist_vae"``) or a file path.
 
-    Raises FileNotFoundError when there is no such file (train one with ``diffedu.vae.train_vae``).
+    Raises FileNotFoundError when there is no such file (train one with ``diffedu.models.vae.train_vae``).
     """
-    from diffedu.profiles import default_device
-
     path = Path(name_or_path)
     if path.suffix != ".pt":
         path = vae_weights_path(str(name_or_path))
     if not path.is_file():
-        raise FileNotFoundError(f"no VAE weights at {path}; train one with diffedu.vae.train_vae and save it with "
+        raise FileNotFoundError(f"no VAE weights at {path}; train one with diffedu.models.vae.train_vae and save it with "
                                 f"diffedu.latent.save_vae (benchmarks/latent.py --export does both for MNIST)")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != VAE_FORMAT:
@@ -184,8 +179,6 @@ class QualityLog:
 
     def evaluate(self, model: nn.Module, step: int, seconds: float) -> dict[str, Any]:
         """Sample with ``sample_fn(model)``, score with `evaluate_samples`, append and return the row."""
-        from diffedu.metrics import SmallSampleWarning, evaluate_samples
-
         began = time.perf_counter()
         images = self.sample_fn(model)
         with warnings.catch_warnings():

@@ -6,7 +6,7 @@ distributions that is 0 only when they are equal, estimated from two samples X a
     E(X, Y) = 2 E||x - y|| - E||x - x'|| - E||y - y'||
 
 For images: distances between feature vectors of a network, here the penultimate layer of the small
-classifier that the package ships (``diffedu.classifier``), hence "FID_self" (any other network can be
+classifier that the package ships (``diffedu.models.classifier``), hence "FID_self" (any other network can be
 plugged in as a ``FeatureExtractor``; with Inception-v3 pool features this is the standard FID):
 
 - Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017):
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffedu.classifier import Classifier, load_classifier
 from diffedu.data import DATASETS, IMAGE_SHAPES, ImageData, describe_source, load_dataset, uint8_to_float
+from diffedu.models.classifier import Classifier, load_classifier
 from diffedu.samplers import eval_mode
 
 __all__ = [
@@ -181,7 +181,7 @@ class FeatureExtractor(Protocol):
 
 
 class ClassifierExtractor:
-    """A ``diffedu.classifier.Classifier`` as a FeatureExtractor: features(x) and softmax(logits), computed
+    """A ``diffedu.models.classifier.Classifier`` as a FeatureExtractor: features(x) and softmax(logits), computed
     in eval mode (the model's mode is restored afterwards), returned on the CPU."""
 
     def __init__(self, model: Classifier) -> None:

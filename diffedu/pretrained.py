@@ -8,7 +8,6 @@ steps, minutes, device, final loss). `export_weights` writes one from a training
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffedu.profiles import default_device
+from diffedu.checkpoints import atomic_save, ema_weights, load_checkpoint, weights_dir, weights_payload
+from diffedu.devices import default_device
+from diffedu.models.unet import UNet, UNetConfig
 from diffedu.schedules import SCHEDULES, NoiseSchedule, make_schedule, schedule_from_betas
-from diffedu.train import atomic_save, load_checkpoint
-from diffedu.unet import UNet, UNetConfig
 
 FORMAT = "diffedu-weights"
-FORMAT_VERSION = 1
 MAX_FP32_BYTES = 10 * 2**20  # above this the weights are stored in float16
 # How each shipped name is made (shown when its file is missing).
 RECIPES = {
     "mnist_ddpm": "python -m diffedu.train --dataset mnist --preset mnist_small --profile cpu --minutes 10 "
                   "--out runs/mnist.pt --export mnist_ddpm",
 }
-
-
-def weights_dir() -> Path:
-    """The folder of shipped weights: ``diffedu/weights``."""
-    return Path(__file__).parent / "weights"
 
 
 def available(directory: str | os.PathLike[str] | None = None) -> list[str]:
@@ -65,35 +58,6 @@ def export_weights(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path
     return atomic_save(payload, out_path)
 
 
-def weights_payload(state: dict[str, Any], *, file_format: str, name: str, record: dict[str, Any],
-                    max_fp32_bytes: int) -> dict[str, Any]:
-    """What a shipped weights file holds, from a training checkpoint's state (`export_weights`, `export_text2img`).
-
-    The EMA weights (float32 up to ``max_fp32_bytes``, float16 above), the model's class and config, the
-    schedule (its betas only when it is not a named one), the prediction type, the step, and ``record``.
-    Only tensors and plain JSON types: the file loads with ``torch.load(weights_only=True)``.
-    """
-    weights = _ema_weights(state)
-    size = sum(v.numel() * v.element_size() for v in weights.values())
-    dtype = torch.float32 if size <= max_fp32_bytes else torch.float16
-    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
-    schedule = state["schedule"]
-    return {
-        "format": file_format, "format_version": FORMAT_VERSION, "name": name, "state_dict": weights,
-        "dtype": str(dtype).removeprefix("torch."), "model_class": state["model_class"],
-        "model_config": json.loads(json.dumps(state["model_config"])),
-        "schedule": {"name": schedule["name"], "T": schedule["T"],
-                     **({"betas": schedule["betas"]} if schedule["name"] not in SCHEDULES else {})},
-        "prediction": state["train_config"]["prediction"], "step": state["step"],
-        "record": json.loads(json.dumps(record)),
-    }
-
-
-def _ema_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The EMA's state dict from a training checkpoint, without AveragedModel's prefix and counter."""
-    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
-
-
 def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.device | str | None = None
                           ) -> tuple[nn.Module, NoiseSchedule, dict[str, Any]]:
     """The EMA U-Net of a training checkpoint (eval mode), its schedule, and the checkpoint's step and seconds."""
@@ -101,7 +65,7 @@ def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.devi
     if state.get("model_config") is None or state.get("model_class") != "UNet":
         raise ValueError(f"{checkpoint} does not hold a diffedu UNet with its config")
     model = UNet(UNetConfig(**state["model_config"]))
-    model.load_state_dict(_ema_weights(state))
+    model.load_state_dict(ema_weights(state))
     sched = state["schedule"]
     schedule = schedule_from_betas(sched["betas"], sched["name"])
     device = torch.device(device) if device is not None else default_device()

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from diffedu.guidance import cfg_combine, expand_uncond, guided_output  # noqa: F401 (re-exported)
 from diffedu.predictions import Prediction, check_prediction, eps_from_x0, to_x0_and_eps
@@ -177,7 +178,6 @@ def eval_mode(model: Callable[..., Tensor]) -> Iterator[None]:
 def progress_bar(iterable, enabled: bool, desc: str):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, leave=False)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -30,9 +29,15 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from diffedu.layers import CrossAttention
-from diffedu.text import TextEncoder, TextEncoderConfig, Tokenizer
-from diffedu.unet import UNet, UNetConfig, mnist_small
+from diffedu.captions import Captioner
+from diffedu.checkpoints import atomic_save, load_checkpoint, weights_dir, weights_payload
+from diffedu.devices import default_device
+from diffedu.latent import load_vae
+from diffedu.models.layers import CrossAttention
+from diffedu.models.text import TextEncoder, TextEncoderConfig, Tokenizer
+from diffedu.models.unet import UNet, UNetConfig, mnist_small
+from diffedu.samplers import ddim_sample
+from diffedu.schedules import make_schedule
 
 __all__ = [
     "Text2Img", "Text2ImgConfig", "capture_cross_attention", "evaluate_prompts", "export_text2img", "generate",
@@ -156,8 +161,6 @@ def generate(model: Text2Img, schedule: Any, prompts: str | Sequence[str], *, n_
     which decodes its samples. ``clip_x0`` (clamp the predicted x_0 to [-1, 1]) defaults to True for pixels and
     False for latents, which are not confined to [-1, 1].
     """
-    from diffedu.samplers import ddim_sample
-
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or n_per_prompt < 1:
         raise ValueError("give at least one prompt and n_per_prompt >= 1")
@@ -293,10 +296,6 @@ def evaluate_prompts(model: Text2Img, schedule: Any, captioner: Any, classifier:
 # --------------------------------------------------------------------------- shipped weights
 
 
-def weights_dir() -> Path:
-    return Path(__file__).parent / "weights"
-
-
 def export_text2img(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path: str | os.PathLike[str], *,
                     name: str, record: dict[str, Any], captioner: Any | None = None) -> Path:
     """Write the EMA weights of a `Text2Img` training checkpoint, its config, schedule and record to ``out_path``.
@@ -305,9 +304,6 @@ def export_text2img(checkpoint: str | os.PathLike[str] | dict[str, Any], out_pat
     stores the attribute thresholds the captions were written with, so the same ones judge samples later.
     The file loads with ``torch.load(weights_only=True)``.
     """
-    from diffedu.pretrained import weights_payload
-    from diffedu.train import atomic_save, load_checkpoint
-
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     if state.get("model_class") != "Text2Img" or state.get("model_config") is None:
         raise ValueError(f"export_text2img needs a checkpoint of a Text2Img, got a {state.get('model_class')}")
@@ -325,10 +321,6 @@ def load_text2img(name: str = "mnist_text", device: torch.device | str | None = 
     that decodes its samples, on the same device; else None). Raises FileNotFoundError (with the command that
     makes the file) when it is missing.
     """
-    from diffedu.captions import Captioner
-    from diffedu.profiles import default_device
-    from diffedu.schedules import make_schedule
-
     path = Path(directory or weights_dir()) / f"{name}.pt"
     if not path.is_file():
         recipe = RECIPES.get(name)
@@ -349,8 +341,6 @@ def load_text2img(name: str = "mnist_text", device: torch.device | str | None = 
     info["path"] = path
     info["vae"] = None
     if model.config.vae is not None:
-        from diffedu.latent import load_vae
-
         info["vae"], _ = load_vae(model.config.vae, device=device)
     return model.to(device).eval(), schedule.to(device), info
 
@@ -363,50 +353,3 @@ def config_of(model: Text2Img) -> dict[str, Any]:
 def with_unet(config: Text2ImgConfig, **overrides: Any) -> Text2ImgConfig:
     """The config with some U-Net fields replaced (e.g. a tiny U-Net for quick runs)."""
     return replace(config, unet=replace(config.unet, **overrides))
-
-
-# --------------------------------------------------------------------------- an explorer for prompts
-
-
-def prompt_explorer(model: Text2Img, schedule: Any, *, prompt: str = "a thick seven", guidance: float = 3.0,
-                    seed: int = 0, n: int = 8, steps: int = 25, nrow: int = 8, vae: nn.Module | None = None) -> Any:
-    """An ipywidgets box: a prompt, a guidance slider and a seed; it draws ``n`` images for the prompt.
-
-    The returned box has ``.draw()`` (redraw now; returns the images) and keeps ``.last_images``, so it
-    works without a browser too (tests, nbval).
-    """
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    from diffedu.plotting import show_images
-
-    text = widgets.Text(value=prompt, description="prompt", continuous_update=False,
-                        layout=widgets.Layout(width="60%"))
-    scale = widgets.FloatSlider(value=guidance, min=0.0, max=10.0, step=0.5, description="guidance",
-                                continuous_update=False)
-    seed_box = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
-    output = widgets.Output()
-    box = widgets.VBox([widgets.HBox([text, scale, seed_box]), output])
-    box.last_images = None
-
-    def draw(change: Any = None) -> Tensor:
-        with output:
-            output.clear_output(wait=True)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                images = generate(model, schedule, text.value, n_per_prompt=n, guidance=float(scale.value),
-                                  steps=steps, seed=int(seed_box.value), vae=vae)
-            for w in caught:
-                print(f"note: {w.message}")
-            box.last_images = images
-            ax = show_images(images, nrow=nrow, size=0.7)
-            ax.set_title(f"{text.value!r}, guidance {scale.value:g}, seed {seed_box.value}", fontsize=9)
-            display(ax.figure)
-            plt.close(ax.figure)
-        return images
-
-    for control in (text, scale, seed_box):
-        control.observe(draw, names="value")
-    box.draw = draw
-    return box

@@ -19,20 +19,17 @@ random index there, with random horizontal flips when ``flip=True``. The speed s
 `scale_learning_rate`) each change one thing. Under ``torchrun`` the same loop runs data-parallel
 over several GPUs (`diffedu.distributed`): every rank draws the global batch's indices, flips, t and
 noise from one generator and trains on its slice, so W processes take the steps one process would.
+
+Beside it: the EMA in `diffedu.ema`, checkpoint files in `diffedu.checkpoints`, and the command line
+(``python -m diffedu.train ...``) in `diffedu.train_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
-import json
 import math
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,31 +39,29 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
 
 from diffedu import distributed
+from diffedu.checkpoints import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
 from diffedu.device_data import DeviceImages, draw_flips, draw_indices, rank_slice
+from diffedu.devices import default_device
+from diffedu.ema import EMA, EMA_IMPLS, ema_update, make_ema
 from diffedu.losses import ddpm_loss
 from diffedu.predictions import Prediction, check_prediction
-from diffedu.profiles import default_device, device_name
-from diffedu.schedules import NoiseSchedule, SCHEDULES, make_schedule
+from diffedu.schedules import NoiseSchedule
 
+# The EMA and the checkpoint functions live in diffedu.ema and diffedu.checkpoints; they are named here too
+# because the training loop is where a reader meets them (and older notebooks import them from here).
 __all__ = [
     "EMA", "CheckpointError", "TrainConfig", "TrainResult", "TrainingDiverged", "atomic_save", "draw_batch",
-    "drop_labels", "learning_rate", "load_checkpoint", "main", "make_ema", "save_checkpoint", "scale_learning_rate",
-    "train", "train_step",
+    "drop_labels", "ema_update", "learning_rate", "load_checkpoint", "make_ema", "save_checkpoint",
+    "scale_learning_rate", "train", "train_step",
 ]
 
-FORMAT = "diffedu-checkpoint"
-FORMAT_VERSION = 1
 AMP_MODES = ("auto", "bf16", "off")
 LR_DECAYS = ("constant", "cosine")
-EMA_IMPLS = ("foreach", "swa_utils")
 LR_SCALINGS = ("sqrt", "linear")
 SYNC_EVERY = 10  # on a GPU, read the losses back every this many steps (one sync, not one per step)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, not a diffedu checkpoint, or does not fit the model."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -157,80 +152,6 @@ def learning_rate(step: int, config: TrainConfig) -> float:
         p = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
         return config.lr * 0.5 * (1.0 + math.cos(math.pi * p))
     return config.lr
-
-
-@torch.no_grad()
-def ema_update(ema_params: list[Tensor], params: list[Tensor], decay: float) -> None:
-    """In place, for each pair: theta_ema <- decay * theta_ema + (1 - decay) * theta (three foreach ops)."""
-    torch._foreach_sub_(ema_params, params)  # ema - theta
-    torch._foreach_mul_(ema_params, decay)  # decay (ema - theta)
-    torch._foreach_add_(ema_params, params)  # decay ema + (1 - decay) theta
-
-
-class EMA(AveragedModel):
-    """An exponential moving average of a model's weights: a `torch.optim.swa_utils.AveragedModel`
-    (same state dict) whose update never waits for the GPU.
-
-        theta_ema <- d theta_ema + (1 - d) theta,   d = min(decay, (1 + n) / (10 + n)) with warm-up
-
-    where n counts the updates so far (the first update copies), so an early EMA follows the model
-    instead of staying near its random start. ``impl="foreach"``: `ema_update`'s three foreach kernels
-    over all parameters, and the buffers copied with one more; n is a Python int. ``impl="swa_utils"``:
-    AveragedModel's own ``update_parameters``, which loops over the parameters in Python and, on a GPU,
-    copies its CPU counter n to the device every step (a host-device synchronisation; our ``float(n)``
-    reads it back, a second one). Both give the same numbers; lesson 06 measures the difference.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True,
-                 impl: Literal["foreach", "swa_utils"] = "foreach") -> None:
-        if impl not in EMA_IMPLS:
-            raise ValueError(f"unknown EMA impl {impl!r}; choose one of {', '.join(map(repr, EMA_IMPLS))}")
-
-        def update(ema_params: list[Tensor], params: list[Tensor], n: Tensor) -> None:  # the swa_utils path
-            ema_update(ema_params, params, self.decay_at(int(n)))
-
-        super().__init__(model, multi_avg_fn=update, use_buffers=False)
-        self.decay, self.warmup, self.impl = decay, warmup, impl
-        self._count: int | None = None  # n as a Python int, read from the n_averaged buffer once
-        self.module.eval()
-
-    def decay_at(self, n: int) -> float:
-        """d for the update after n earlier ones: min(decay, (1 + n) / (10 + n)) with warm-up, else decay."""
-        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update_parameters(self, model: nn.Module) -> None:
-        """theta_ema <- d theta_ema + (1 - d) theta for every parameter; buffers are copied."""
-        if self.impl == "swa_utils":
-            super().update_parameters(model)
-            self._count = None
-            return
-        if self._count is None:
-            self._count = int(self.n_averaged)  # a CPU buffer unless moved: no wait
-        ema_params, params = list(self.module.parameters()), list(model.parameters())
-        if self._count == 0:
-            torch._foreach_copy_(ema_params, params)
-        else:
-            ema_update(ema_params, params, self.decay_at(self._count))
-        ema_buffers, buffers = list(self.module.buffers()), list(model.buffers())
-        if buffers:
-            torch._foreach_copy_(ema_buffers, buffers)
-        self._count += 1
-        self.n_averaged.fill_(self._count)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        self._count = None  # read n again from the loaded buffer
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def make_ema(model: nn.Module, decay: float = 0.999, warmup: bool = True,
-             impl: Literal["foreach", "swa_utils"] = "foreach") -> EMA:
-    """An `EMA` of `model`'s weights: call ``ema.update_parameters(model)`` after each step, sample from
-    ``ema.module`` (a copy of the model, in eval mode).
-
-        theta_ema <- d theta_ema + (1 - d) theta,   d = min(decay, (1 + n) / (10 + n)) with warm-up
-    """
-    return EMA(model, decay, warmup, impl)
 
 
 def scale_learning_rate(lr: float, batch_size: int, base_batch_size: int,
@@ -501,110 +422,6 @@ def _as_device_images(data: Tensor | DeviceImages, labels: Tensor | None, device
     return DeviceImages(data, labels, device=device)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, ema: AveragedModel,
-                    optimizer: torch.optim.Optimizer, step: int, seconds: float, losses: list[float],
-                    generator: torch.Generator, config: TrainConfig, schedule: NoiseSchedule) -> Path:
-    """Write the training state (state dicts, tensors and primitives only) atomically to `path`.
-
-    The learning rate is a pure function of `step` (`learning_rate`), so `step` is its whole state.
-    """
-    model_config = _model_config(model)
-    state = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-        "step": step, "seconds": seconds, "losses": torch.tensor(losses, dtype=torch.float32),
-        "rng": {"torch": torch.get_rng_state(), "data": generator.get_state(), "data_device": str(generator.device),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None},
-        "train_config": dataclasses.asdict(config),
-        "model_class": type(model).__name__,
-        "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else None,
-        "schedule": {"name": schedule.name, "T": schedule.T, "betas": schedule.betas.detach().cpu()},
-    }
-    return atomic_save(state, path)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace: all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX only)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; with `model`, load its weights into it.
-
-    Raises `CheckpointError` with one clear message for a missing, corrupt or foreign file, and for
-    weights that do not fit `model` (naming the keys and shapes that differ and both configs).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: the file does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, pickled objects: all end here
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: it is truncated, corrupt, or holds more than tensors and state "
-            f"dicts ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Delete it to start "
-            f"afresh, or pass resume=False") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        got = f"a dict with keys {sorted(map(str, state))[:8]}" if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not a diffedu training checkpoint (it holds {got}); write one with "
-                              f"diffedu.train.train(..., checkpoint=path)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {state['format_version']}, newer than this diffedu "
-                              f"reads ({FORMAT_VERSION}); update diffedu")
-    if model is not None:
-        _check_fits(state, model, path)
-        model.load_state_dict(state["model"])
-    return state
-
-
-def _check_fits(state: dict[str, Any], model: nn.Module, path: Path) -> None:
-    saved, own = state["model"], model.state_dict()
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
-    if not (missing or unexpected or shapes):
-        return
-    parts = [f"{label} ({len(items)}): {', '.join(items[:3])}{f' and {len(items) - 3} more' if len(items) > 3 else ''}"
-             for label, items in (("shapes differ", shapes), ("missing in checkpoint", missing),
-                                  ("not in model", unexpected)) if items]
-    saved_config, mc = state.get("model_config"), _model_config(model)
-    own_config = dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else None
-    if saved_config is not None and own_config is not None:
-        diff = [f"{k}={v!r} (this model: {own_config.get(k)!r})"
-                for k, v in saved_config.items() if own_config.get(k) != v]
-        made = f"The checkpoint was made with {', '.join(diff) or 'the same config'}"
-    else:
-        made = f"The checkpoint was made with a {state.get('model_class')} of config {saved_config}"
-    raise CheckpointError(
-        f"checkpoint {path} does not fit this {type(model).__name__}: " + "; ".join(parts) + f". {made}. Build "
-        f"the model with the checkpoint's config ({state.get('model_class')}(...) from state['model_config']), or "
-        f"use another checkpoint path")
-
-
 def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, config: TrainConfig, path: Path,
              world: distributed.DistributedInfo | None = None) -> tuple[int, float, list[float]]:
@@ -680,8 +497,6 @@ def _update_bar(bar: Any, new: list[float], images: int, seconds: float, smooth:
 
 
 def _progress(config: TrainConfig, step: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=config.steps, initial=step, desc="training", unit="step", disable=not enabled)
 
 
@@ -715,132 +530,7 @@ def _describe(x: Any) -> str:
     return f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
-# ----------------------------------------------------------------------------- command line
+if __name__ == "__main__":  # python -m diffedu.train ...: the command line lives in diffedu.train_cli
+    from diffedu.train_cli import main
 
-
-PRESETS = ("mnist_small", "mnist_patch", "cifar10_small", "ddpm_cifar10")
-
-
-def main(argv: list[str] | None = None) -> TrainResult:
-    """``python -m diffedu.train --dataset mnist --preset mnist_small --minutes 10 --out runs/mnist.pt``.
-
-    The same loop as the notebooks. Run it again with the same --out to resume. On several GPUs:
-    ``torchrun --nproc_per_node N -m diffedu.train ...`` (then --batch-size is the global batch).
-    """
-    from diffedu import unet
-    from diffedu.data import DATASETS, load_dataset
-    from diffedu.profiles import get_profile
-
-    p = argparse.ArgumentParser(prog="python -m diffedu.train", description=main.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--preset", choices=PRESETS, default="mnist_small")
-    p.add_argument("--profile", choices=("quick", "cpu", "gpu"), default=None,
-                   help="sizes the defaults; default: DIFFEDU_PROFILE, else by device")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default: 0.5 quick, 10 cpu, 30 gpu)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--out", type=Path, required=True, help="checkpoint path; resumed if it exists")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="the global batch, over all processes (default: 32 quick/cpu, 128 gpu)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-base-batch", type=int, default=None, metavar="B0",
-                   help="--lr is for batch B0: scale it to --batch-size with --lr-scaling")
-    p.add_argument("--lr-scaling", choices=LR_SCALINGS, default="sqrt")
-    p.add_argument("--lr-decay", choices=LR_DECAYS, default="constant")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 20 quick, 100 cpu, 200 gpu)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--T", type=int, default=1000)
-    p.add_argument("--schedule", choices=SCHEDULES, default="linear")
-    p.add_argument("--min-snr-gamma", type=float, default=None, metavar="G",
-                   help="weight the loss by min(SNR, G) (Hang et al. 2023; 5 is usual); default: plain mean")
-    p.add_argument("--conditional", action="store_true", help="class-conditional, with label dropout 0.1")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips (CIFAR-10; not digits)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images")
-    p.add_argument("--device", default=None)
-    p.add_argument("--amp", choices=AMP_MODES, default="auto")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--fused-adam", action="store_true")
-    p.add_argument("--ema-impl", choices=EMA_IMPLS, default="foreach")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy shared CPU)")
-    p.add_argument("--export", metavar="NAME", default=None, help="also write diffedu/weights/NAME.pt (EMA weights)")
-    args = p.parse_args(argv)
-
-    profile = get_profile(args.profile)
-    world = distributed.init_distributed(args.device)  # one process unless started by torchrun
-    device = world.device if world.enabled or args.device else profile.device
-    minutes = args.minutes if args.minutes is not None else profile.pick(quick=0.5, cpu=10.0, gpu=30.0)
-    batch_size = args.batch_size or profile.pick(quick=32, cpu=32, gpu=128)
-    lr = args.lr if args.lr_base_batch is None else scale_learning_rate(args.lr, batch_size, args.lr_base_batch,
-                                                                         args.lr_scaling)
-    warmup = args.warmup if args.warmup is not None else profile.pick(quick=20, cpu=100, gpu=200)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    say = print if world.is_main else (lambda *a, **k: None)
-    images = load_dataset(args.dataset, "train", limit=args.limit, dtype="uint8")  # scaled batch by batch
-    overrides = {"num_classes": len(images.classes)} if args.conditional else {}
-    torch.manual_seed(args.seed)  # the initial weights (DDP also broadcasts rank 0's)
-    model = unet.UNet(getattr(unet, args.preset)(**overrides))
-    torch.manual_seed(args.seed + 1_000_003 * world.rank)  # dropout masks differ between ranks
-    config = TrainConfig(steps=args.steps, seconds=minutes * 60 if minutes else None, batch_size=batch_size,
-                         lr=lr, warmup_steps=warmup, lr_decay=args.lr_decay, ema_decay=args.ema_decay, amp=args.amp,
-                         channels_last=args.channels_last, compile=args.compile, fused_adam=args.fused_adam,
-                         ema_impl=args.ema_impl, flip=args.flip, min_snr_gamma=args.min_snr_gamma,
-                         cond_drop_prob=0.1 if args.conditional else 0.0, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed)
-    schedule = make_schedule(args.schedule, args.T)
-    say(f"{args.preset}: {unet.count_parameters(model):,} parameters | {images!r} | {schedule!r} | "
-        f"device {device} ({device_name(device)}, {torch.get_num_threads()} threads)"
-        + (f" x {world.world_size} processes" if world.enabled else "")
-        + f" | budget {minutes} min, steps {args.steps}, batch {batch_size}, lr {lr:.3g}, warm-up {warmup}")
-    try:
-        result = train(model, images.x, schedule, config, labels=images.y if args.conditional else None,
-                       checkpoint=args.out, device=device)
-        if not world.is_main:
-            return result
-        tail = result.losses[-100:]
-        record = {
-            "command": " ".join(["python -m diffedu.train", *(argv if argv is not None else sys.argv[1:])]),
-            "dataset": args.dataset, "data_source": images.source, "images": len(images), "preset": args.preset,
-            "parameters": unet.count_parameters(model), "model_config": dataclasses.asdict(model.config),
-            "schedule": args.schedule, "T": args.T, "train_config": dataclasses.asdict(config),
-            "steps": result.step, "seconds": round(result.seconds, 1),
-            "images_per_second": round(result.images_per_second, 1), "interrupted": result.interrupted,
-            "threads": torch.get_num_threads(), "processes": world.world_size,
-            "final_loss": sum(tail) / max(len(tail), 1), "device": device_name(device), "torch": str(torch.__version__),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(),
-        }
-        record_path = args.out.with_suffix(".json")
-        tmp = record_path.with_name(f".{record_path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, record_path)
-        say(f"step {result.step}, {result.seconds / 60:.1f} min, {result.images_per_second:.0f} images/s, "
-            f"final loss {record['final_loss']:.4f} -> {args.out}, {record_path}")
-        if args.export:
-            from diffedu.pretrained import export_weights, weights_dir
-
-            out = export_weights(args.out, weights_dir() / f"{args.export}.pt", name=args.export, record=record)
-            say(f"exported the EMA weights to {out}")
-        return result
-    finally:
-        distributed.cleanup()
-
-
-def git_commit() -> str | None:
-    """The repository's HEAD commit, with "-dirty" when tracked files changed; None outside git."""
-    try:
-        root = Path(__file__).resolve().parent
-        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=5)  # noqa: E731
-        head = run("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return None
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-if __name__ == "__main__":
     main()

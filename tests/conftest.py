@@ -3,7 +3,6 @@
 import os
 
 import pytest
-
 from browser_helpers import missing_browser_tools
 
 

@@ -1,6 +1,6 @@
 """The course as a learner sees it: JupyterLab in a real (headless) Chromium.
 
-For every lesson that shows an explorer (a widget from diffedu.widgets, e.g. lesson 01's
+For every lesson that shows an explorer (a widget from diffedu.course.widgets, e.g. lesson 01's
 ForwardNoisingExplorer), the test starts JupyterLab on a copy of lessons/, opens the lesson, runs all
 cells from the Run menu, drags the explorer's first slider and checks that the picture changed.
 Screenshots of the explorer before and after go to test-artifacts/ (and of the whole page when a step fails).
@@ -21,9 +21,16 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from browser_helpers import (
-    JupyterLab, active_notebook, drag_slider, find_chromium, image_source, open_notebook, pid_alive, prompts, run_all_cells,
+    JupyterLab,
+    active_notebook,
+    drag_slider,
+    find_chromium,
+    image_source,
+    open_notebook,
+    pid_alive,
+    prompts,
+    run_all_cells,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,16 +41,16 @@ EXPLORER_CALL = re.compile(r"\b(\w+Explorer)\(")
 def lessons_with_explorers() -> list[tuple[str, str]]:
     """(lesson file name, explorer class) for the first explorer that each lesson builds, if any.
 
-    An explorer is a class from diffedu.widgets named *Explorer: an ipywidgets VBox whose first slider
+    An explorer is a class from diffedu.course.widgets named *Explorer: an ipywidgets VBox whose first slider
     redraws a picture shown in an ipywidgets Output (see diffedu/widgets.py).
     """
-    import diffedu.widgets
+    import diffedu.course.widgets
 
     found = []
     for path in sorted((ROOT / "lessons").glob("*.ipynb")):
         code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
         calls = [m.group(1) for source in code for m in EXPLORER_CALL.finditer(source)]
-        calls = [name for name in calls if hasattr(diffedu.widgets, name)]
+        calls = [name for name in calls if hasattr(diffedu.course.widgets, name)]
         if calls:
             found.append((path.name, calls[0]))
     return found

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from diffedu import checks
+from diffedu.course import checks
+from diffedu.course.checks import core
 from diffedu.forward import q_sample
 from diffedu.losses import ddpm_loss
 from diffedu.samplers import ddpm_step
@@ -131,10 +132,10 @@ def test_ddpm_step_mistakes():
 
 
 def test_compare_handles_numbers_and_tuples():
-    assert checks._compare(1.0, 1.0, 1e-6, 1e-6) is None
-    assert "expected 2" in checks._compare(1.0, 2.0, 1e-6, 1e-6)
-    assert checks._compare((torch.ones(2), 3.0), (torch.ones(2), 3.0), 1e-6, 1e-6) is None
-    assert "item 1" in checks._compare((torch.ones(2), 3.0), (torch.ones(2), 4.0), 1e-6, 1e-6)
+    assert core._compare(1.0, 1.0, 1e-6, 1e-6) is None
+    assert "expected 2" in core._compare(1.0, 2.0, 1e-6, 1e-6)
+    assert core._compare((torch.ones(2), 3.0), (torch.ones(2), 3.0), 1e-6, 1e-6) is None
+    assert "item 1" in core._compare((torch.ones(2), 3.0), (torch.ones(2), 4.0), 1e-6, 1e-6)
 
 
 def test_ema_update_check():

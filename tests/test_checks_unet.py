@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffedu import checks
-from diffedu.layers import ResBlock, SelfAttention, timestep_embedding
-from diffedu.unet import UNet, UNetConfig
+from diffedu.course import checks
+from diffedu.models.layers import ResBlock, SelfAttention, timestep_embedding
+from diffedu.models.unet import UNet, UNetConfig
 
 # --- learner-style answers: the skeletons of the lesson with a forward to fill in ---------------------------
 
@@ -229,7 +229,7 @@ def test_skipped_exercises_fall_back_to_the_library(capsys):
     assert checks.check_self_attention(SkippedSelfAttention) is SelfAttention
     out = capsys.readouterr().out
     assert out.count("skipped this exercise") == 3
-    assert "diffedu.layers.ResBlock" in out and "diffedu.layers.SelfAttention" in out
+    assert "diffedu.models.layers.ResBlock" in out and "diffedu.models.layers.SelfAttention" in out
 
 
 def test_grading_mode_fails_skipped_exercises(monkeypatch):

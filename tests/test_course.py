@@ -2,6 +2,7 @@
 
 import json
 import re
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -12,7 +13,7 @@ import nbformat
 import pytest
 import yaml
 
-from diffedu.lessons import LessonError, generate, make_lesson
+from diffedu.course.lessons import LessonError, generate, make_lesson
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -21,7 +22,7 @@ LESSONS = sorted((ROOT / "lessons").glob("*.ipynb"))
 
 def test_lessons_are_generated_from_the_solutions(tmp_path):
     stale = generate(ROOT / "solutions", ROOT / "lessons", check=True)
-    assert stale == [], f"lessons/ is out of date for {stale}: run  python -m diffedu.lessons"
+    assert stale == [], f"lessons/ is out of date for {stale}: run  python -m diffedu.course.lessons"
 
 
 def test_there_is_a_lesson_for_every_solution():
@@ -33,7 +34,7 @@ def test_there_is_a_lesson_for_every_solution():
 def test_notebooks_carry_no_outputs(path):
     nb = json.loads(path.read_text())
     dirty = [k for k, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
-    assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them (python -m diffedu.lessons does, for lessons/)"
+    assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them (python -m diffedu.course.lessons does, for lessons/)"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
@@ -52,7 +53,7 @@ def test_solution_notebooks_follow_the_course_rules(path):
             following = [c for c in nb.cells[k + 1:] if c.cell_type == "code"][0]
             assert following.metadata.get("nbgrader", {}).get("grade"), f"exercise in cell {k} has no graded check after it"
             assert re.search(r"\bchecks(_[a-z]+)?\.check_", following.source), (
-                f"the check after the exercise in cell {k} must call diffedu.checks*.check_...")
+                f"the check after the exercise in cell {k} must call diffedu.course.checks*.check_...")
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffedu import checks
+from diffedu.course import checks
 from diffedu.samplers import ddim_invert, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, slerp
 from diffedu.schedules import make_schedule
 
@@ -321,7 +321,7 @@ def test_a_skipped_ddim_step_falls_back_to_the_reference():
 
 def test_ddim_check_names_the_negative_index_at_the_last_step():
     """alphas_cumprod[-1] is the last entry, not alpha-bar_{-1} = 1: the eta = 0 case names the mistake."""
-    from diffedu import checks
+    from diffedu.course import checks
 
     def negative_index(x_t, t, t_prev, eps, s, eta, noise):
         abar, abar_prev = s.alphas_cumprod[t], s.alphas_cumprod[t_prev]

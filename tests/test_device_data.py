@@ -7,9 +7,9 @@ import torch
 
 from diffedu.data import ImageData, uint8_to_float
 from diffedu.device_data import DeviceImages, draw_flips, draw_indices, image_batch, rank_slice
+from diffedu.models.unet import UNet, UNetConfig
 from diffedu.schedules import make_schedule
 from diffedu.train import TrainConfig, draw_batch, train
-from diffedu.unet import UNet, UNetConfig
 
 PIXELS = torch.randint(0, 256, (30, 3, 4, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
@@ -99,8 +99,8 @@ def test_train_takes_uint8_pixels_like_their_floats_and_flips_on_request():
 
 
 def test_the_lesson_check_of_image_batch_names_the_common_mistakes():
-    from diffedu.checks import ExerciseError
-    from diffedu.checks_scaling import check_image_batch
+    from diffedu.course.checks import ExerciseError
+    from diffedu.course.checks.lesson06 import check_image_batch
 
     assert check_image_batch(image_batch) is image_batch
 

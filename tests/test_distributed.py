@@ -10,9 +10,9 @@ import torch.multiprocessing as mp
 
 from diffedu import distributed
 from diffedu.device_data import DeviceImages
+from diffedu.models.unet import UNet, UNetConfig
 from diffedu.schedules import make_schedule
 from diffedu.train import TrainConfig, draw_batch, load_checkpoint, train
-from diffedu.unet import UNet, UNetConfig
 
 S = make_schedule("linear", 50)
 PIXELS = torch.randint(0, 256, (40, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)

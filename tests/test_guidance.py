@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from diffedu.checks import ExerciseError
-from diffedu.checks_guidance import check_cfg_combine
+from diffedu.course.checks import ExerciseError
+from diffedu.course.checks.lesson08 import check_cfg_combine
 from diffedu.guidance import cfg_combine, expand_uncond
+from diffedu.models.unet import UNet, UNetConfig
 from diffedu.predictions import to_x0_and_eps
 from diffedu.samplers import ddim_invert, ddim_sample, ddpm_sample, predict
 from diffedu.schedules import make_schedule
 from diffedu.train import drop_labels
-from diffedu.unet import UNet, UNetConfig
 
 S = make_schedule("linear", 40)
 K = 4  # classes 0..3, label 4 = "no label"

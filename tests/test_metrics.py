@@ -1,5 +1,5 @@
 """Tests of diffedu.metrics (Frechet distance, KID, confident fraction, evaluate_samples) and of the
-classifier it measures with (diffedu.classifier, the shipped weights).
+classifier it measures with (diffedu.models.classifier, the shipped weights).
 
 Closed forms come from feature sets built to have an exact empirical mean and covariance. Real images
 come from the bundled sample only: DIFFEDU_DATA is unset and the cache points to an empty folder.
@@ -16,11 +16,27 @@ import pytest
 import torch
 
 from diffedu import metrics
-from diffedu.classifier import (Classifier, ClassifierConfig, default_config, evaluate_accuracy, load_classifier,
-                                main as classifier_main, random_shift, save_classifier, weights_path)
 from diffedu.data import SampleDataWarning, load_dataset
-from diffedu.metrics import (SmallSampleWarning, class_histogram, confident_fraction, evaluate_samples,
-                             extract_features, frechet_distance, kid)
+from diffedu.metrics import (
+    SmallSampleWarning,
+    class_histogram,
+    confident_fraction,
+    evaluate_samples,
+    extract_features,
+    frechet_distance,
+    kid,
+)
+from diffedu.models.classifier import (
+    Classifier,
+    ClassifierConfig,
+    default_config,
+    evaluate_accuracy,
+    load_classifier,
+    random_shift,
+    save_classifier,
+    weights_path,
+)
+from diffedu.models.classifier import main as classifier_main
 
 
 @pytest.fixture(autouse=True)
@@ -162,7 +178,7 @@ def test_shipped_classifier_loads_weights_only_and_classifies_the_bundled_sample
 
 
 def test_missing_weights_name_the_command_that_trains_them(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="python -m diffedu.classifier --dataset cifar10"):
+    with pytest.raises(FileNotFoundError, match="python -m diffedu.models.classifier --dataset cifar10"):
         load_classifier("cifar10", path=tmp_path / "none.pt")
     with pytest.raises(ValueError, match="unknown dataset"):
         load_classifier("svhn")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffedu.profiles import PROFILES, get_profile, start
+from diffedu.course.profiles import PROFILES, get_profile, start
 
 
 def test_environment_variable_picks_the_profile(monkeypatch):

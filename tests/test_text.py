@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffedu import checks, checks_text
 from diffedu.captions import SPECS, Captioner
-from diffedu.layers import CrossAttention
-from diffedu.schedules import make_schedule
-from diffedu.text import (
+from diffedu.course import checks
+from diffedu.course.checks import lesson09 as checks_text
+from diffedu.models.layers import CrossAttention
+from diffedu.models.text import (
     PAD,
     SPECIAL_TOKENS,
     TextEncoder,
@@ -25,6 +25,8 @@ from diffedu.text import (
     padding_mask,
     words_of,
 )
+from diffedu.models.unet import UNet, UNetConfig, shape_trace
+from diffedu.schedules import make_schedule
 from diffedu.text2img import (
     Text2Img,
     capture_cross_attention,
@@ -36,7 +38,6 @@ from diffedu.text2img import (
     token_attention_maps,
 )
 from diffedu.train import TrainConfig, train
-from diffedu.unet import UNet, UNetConfig, shape_trace
 
 VOCAB = ["a", "thick", "thin", "seven", "7", "digit", "the", "slanted"]
 
@@ -313,7 +314,7 @@ def test_a_tiny_training_run_export_load_and_generate(tmp_path) -> None:
 
 
 def test_evaluate_prompts_reports_accuracies_in_range() -> None:
-    from diffedu.classifier import load_classifier
+    from diffedu.models.classifier import load_classifier
 
     images = torch.rand(60, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     captioner = Captioner.fit("mnist", images, torch.arange(60) % 10)
@@ -331,7 +332,7 @@ def test_evaluate_prompts_reports_accuracies_in_range() -> None:
 
 
 def test_checks_accept_the_library_answers(capsys) -> None:
-    from diffedu.text import encode as library_encode
+    from diffedu.models.text import encode as library_encode
 
     assert checks_text.check_encode(library_encode) is library_encode
     assert checks_text.check_text_encoder(TextEncoder) is TextEncoder
@@ -435,7 +436,7 @@ def test_skipped_exercises_fall_back_and_fail_in_grading_mode(capsys) -> None:
         def forward(self, x, context, context_mask=None):
             raise NotImplementedError()
 
-    from diffedu.text import encode as library_encode
+    from diffedu.models.text import encode as library_encode
 
     assert checks_text.check_encode(blank) is library_encode
     assert checks_text.check_cross_attention(BlankCross) is CrossAttention
@@ -454,7 +455,7 @@ def test_skipped_exercises_fall_back_and_fail_in_grading_mode(capsys) -> None:
 def test_clip_text_encoder_from_a_tiny_config(monkeypatch) -> None:
     transformers = pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may download here
-    from diffedu.text import CLIPTextEncoder
+    from diffedu.models.text import CLIPTextEncoder
 
     config = transformers.CLIPTextConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, max_position_embeddings=16, bos_token_id=48,
@@ -476,8 +477,8 @@ def test_clip_text_encoder_from_a_tiny_config(monkeypatch) -> None:
 
 
 def test_a_latent_model_decodes_its_samples_with_the_vae() -> None:
+    from diffedu.models.vae import VAE, mnist_vae
     from diffedu.text2img import mnist_latent_text
-    from diffedu.vae import VAE, mnist_vae
 
     torch.manual_seed(0)
     vae = VAE(mnist_vae()).eval()

@@ -5,7 +5,7 @@ import torch
 
 from diffedu.losses import ddpm_loss
 from diffedu.metrics import energy_distance
-from diffedu.mlp import MLPDenoiser
+from diffedu.models.mlp import MLPDenoiser
 from diffedu.schedules import make_schedule
 
 

@@ -9,25 +9,22 @@ import pytest
 import torch
 from torch import nn
 
-from diffedu import pretrained
+from diffedu import pretrained, train_cli
+from diffedu.checkpoints import CheckpointError, load_checkpoint
 from diffedu.data import toy_2d
-from diffedu.mlp import MLPDenoiser
+from diffedu.ema import EMA, make_ema
+from diffedu.models.mlp import MLPDenoiser
+from diffedu.models.unet import UNet, UNetConfig
 from diffedu.schedules import make_schedule
 from diffedu.train import (
-    EMA,
-    CheckpointError,
     TrainConfig,
     TrainingDiverged,
     drop_labels,
     learning_rate,
-    load_checkpoint,
-    main,
-    make_ema,
     scale_learning_rate,
     train,
     train_step,
 )
-from diffedu.unet import UNet, UNetConfig
 
 S = make_schedule("cosine", 50)
 POINTS = toy_2d("moons", 512, generator=torch.Generator().manual_seed(0)) / 2  # (512, 2) in about [-1, 1]
@@ -339,12 +336,12 @@ def test_learning_rate_scales_with_the_batch_by_the_chosen_rule():
 
 
 def test_the_command_line_trains_and_writes_a_record(tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrained, "weights_dir", lambda: tmp_path / "weights")
+    monkeypatch.setattr(train_cli, "weights_dir", lambda: tmp_path / "weights")
     out = tmp_path / "cli.pt"
     argv = ["--dataset", "mnist", "--limit", "64", "--steps", "2", "--batch-size", "4", "--T", "50",
             "--out", str(out), "--export", "cli_test", "--lr-base-batch", "16", "--ema-impl", "swa_utils"]
     with pytest.warns(UserWarning, match="sample"):
-        result = main(argv)
+        result = train_cli.main(argv)
     record = json.loads(out.with_suffix(".json").read_text())
     assert result.step == record["steps"] == 2 and record["T"] == 50 and record["torch"] == torch.__version__
     assert record["command"].startswith("python -m diffedu.train --dataset mnist") and record["images_per_second"] > 0
@@ -379,8 +376,8 @@ def test_exported_weights_load_as_an_eval_mode_unet(tmp_path):
 def test_the_lesson_check_of_the_scaling_rule_names_the_common_mistakes():
     import math
 
-    from diffedu.checks import ExerciseError
-    from diffedu.checks_scaling import check_scale_learning_rate
+    from diffedu.course.checks import ExerciseError
+    from diffedu.course.checks.lesson06 import check_scale_learning_rate
 
     assert check_scale_learning_rate(scale_learning_rate) is scale_learning_rate
     with pytest.raises(ExerciseError, match="upside down"):
@@ -392,6 +389,6 @@ def test_the_lesson_check_of_the_scaling_rule_names_the_common_mistakes():
 def test_min_snr_gamma_is_checked_and_cpu_bf16_probe_answers():
     with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
         TrainConfig(steps=1, min_snr_gamma=0.0)
-    from diffedu.profiles import cpu_has_bf16
+    from diffedu.devices import cpu_has_bf16
 
     assert isinstance(cpu_has_bf16(), bool)

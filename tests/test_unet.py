@@ -1,4 +1,4 @@
-"""Tests of diffedu.layers and diffedu.unet: shapes, gradients, conditioning, config checks, parity."""
+"""Tests of diffedu.models.layers and diffedu.models.unet: shapes, gradients, conditioning, config checks, parity."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffedu.layers import ResBlock, SelfAttention, TimeEmbedding, group_norm, timestep_embedding
-from diffedu.unet import (
+from diffedu.models.layers import ResBlock, SelfAttention, TimeEmbedding, group_norm, timestep_embedding
+from diffedu.models.unet import (
     UNet,
     UNetConfig,
     cifar10_small,

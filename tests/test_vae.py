@@ -5,15 +5,33 @@ import math
 import pytest
 import torch
 
-from diffedu import checks_vae
-from diffedu.checks import ExerciseError, set_grading
-from diffedu.latent import (QualityLog, encode_dataset, latent_unet_config, load_vae, sample_decoded, save_vae,
-                            seconds_to_reach, vae_weights_path)
+from diffedu.course.checks import ExerciseError, set_grading
+from diffedu.course.checks import lesson07 as checks_vae
+from diffedu.latent import (
+    QualityLog,
+    encode_dataset,
+    latent_unet_config,
+    load_vae,
+    sample_decoded,
+    save_vae,
+    seconds_to_reach,
+    vae_weights_path,
+)
+from diffedu.models.unet import UNet, UNetConfig, mnist_small
+from diffedu.models.vae import (
+    VAE,
+    VAEConfig,
+    VAETrainConfig,
+    cifar10_vae,
+    compute_latent_scale,
+    kl_divergence,
+    mnist_vae,
+    reparameterize,
+    train_vae,
+    vae_loss,
+)
 from diffedu.schedules import make_schedule
 from diffedu.train import TrainConfig, train
-from diffedu.unet import UNet, UNetConfig, mnist_small
-from diffedu.vae import (VAE, VAEConfig, VAETrainConfig, cifar10_vae, compute_latent_scale, kl_divergence, mnist_vae,
-                         reparameterize, train_vae, vae_loss)
 
 TINY = VAEConfig(image_size=16, image_channels=1, pad=0, base_channels=8, channel_mults=(1, 2), latent_channels=2,
                  norm_groups=4)

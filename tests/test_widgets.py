@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffedu.course.widgets import ForwardNoisingExplorer
 from diffedu.schedules import make_schedule
-from diffedu.widgets import ForwardNoisingExplorer
 
 
 def test_moving_the_slider_redraws_the_image():
@@ -36,7 +36,7 @@ def _gaussian_eps_model(schedule, mu=0.2, s=0.5):
 
 
 def test_ddim_explorer_redraws_when_each_slider_moves():
-    from diffedu.widgets import DDIMExplorer
+    from diffedu.course.widgets import DDIMExplorer
 
     schedule = make_schedule("linear", T=100)
     explorer = DDIMExplorer(_gaussian_eps_model(schedule), schedule, n=4, image_shape=(1, 8, 8), steps=10, max_steps=50)
@@ -52,7 +52,7 @@ def test_ddim_explorer_redraws_when_each_slider_moves():
 
 
 def test_ddim_explorer_refuses_values_out_of_range():
-    from diffedu.widgets import DDIMExplorer
+    from diffedu.course.widgets import DDIMExplorer
 
     schedule = make_schedule("linear", T=100)
     model = _gaussian_eps_model(schedule)

@@ -34,10 +34,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffedu.layers import CrossAttention, Downsample, ResBlock, SelfAttention, TimeEmbedding, Upsample, group_norm
+from diffedu.models.layers import (
+    CrossAttention,
+    Downsample,
+    ResBlock,
+    SelfAttention,
+    TimeEmbedding,
+    Upsample,
+    group_norm,
+)
 
 __all__ = [
     "UNet",

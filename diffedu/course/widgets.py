@@ -6,16 +6,22 @@ drew in `last_image`, so tests (and curious learners) can see what changed witho
 
 from __future__ import annotations
 
+import time
+import warnings
+from typing import Any
+
 import ipywidgets as widgets
-from IPython.display import display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import Tensor
+from IPython.display import display
+from torch import Tensor, nn
 
+from diffedu.course.plotting import histogram_vs_normal, image_grid, show_images
 from diffedu.forward import q_sample
-from diffedu.plotting import histogram_vs_normal, image_grid
+from diffedu.samplers import ddim_sample, model_device
 from diffedu.schedules import NoiseSchedule, snr_db
+from diffedu.text2img import Text2Img, generate
 
 
 class ForwardNoisingExplorer(widgets.VBox):
@@ -88,8 +94,6 @@ class DDIMExplorer(widgets.VBox):
         clip_x0: bool = True,
         device: torch.device | str | None = None,
     ) -> None:
-        from diffedu.samplers import model_device
-
         if not 1 <= max_steps <= schedule.T:
             raise ValueError(f"max_steps must lie in 1..T = {schedule.T}, got {max_steps}")
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= max_steps:
@@ -121,10 +125,6 @@ class DDIMExplorer(widgets.VBox):
         self._redraw()
 
     def _redraw(self, change=None) -> None:
-        import time
-
-        from diffedu.samplers import ddim_sample
-
         steps, eta = int(self.steps_slider.value), float(self.eta_slider.value)
         started = time.perf_counter()
         samples = ddim_sample(self.model, self.schedule, tuple(self.x_T.shape), steps=steps, eta=eta,
@@ -143,3 +143,41 @@ class DDIMExplorer(widgets.VBox):
             fig.tight_layout()
             display(fig)
             plt.close(fig)
+
+
+def prompt_explorer(model: Text2Img, schedule: Any, *, prompt: str = "a thick seven", guidance: float = 3.0,
+                    seed: int = 0, n: int = 8, steps: int = 25, nrow: int = 8, vae: nn.Module | None = None) -> Any:
+    """An ipywidgets box: a prompt, a guidance slider and a seed; it draws ``n`` images for the prompt.
+
+    The returned box has ``.draw()`` (redraw now; returns the images) and keeps ``.last_images``, so it
+    works without a browser too (tests, nbval).
+    """
+    text = widgets.Text(value=prompt, description="prompt", continuous_update=False,
+                        layout=widgets.Layout(width="60%"))
+    scale = widgets.FloatSlider(value=guidance, min=0.0, max=10.0, step=0.5, description="guidance",
+                                continuous_update=False)
+    seed_box = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
+    output = widgets.Output()
+    box = widgets.VBox([widgets.HBox([text, scale, seed_box]), output])
+    box.last_images = None
+
+    def draw(change: Any = None) -> Tensor:
+        with output:
+            output.clear_output(wait=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                images = generate(model, schedule, text.value, n_per_prompt=n, guidance=float(scale.value),
+                                  steps=steps, seed=int(seed_box.value), vae=vae)
+            for w in caught:
+                print(f"note: {w.message}")
+            box.last_images = images
+            ax = show_images(images, nrow=nrow, size=0.7)
+            ax.set_title(f"{text.value!r}, guidance {scale.value:g}, seed {seed_box.value}", fontsize=9)
+            display(ax.figure)
+            plt.close(ax.figure)
+        return images
+
+    for control in (text, scale, seed_box):
+        control.observe(draw, names="value")
+    box.draw = draw
+    return box

@@ -16,7 +16,13 @@ import random
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
+
+from diffedu.course.grading import grading_enabled
+from diffedu.data import describe_source
+from diffedu.devices import cpu_has_bf16, default_device, device_name  # noqa: F401 (cpu_has_bf16: lesson 04's import)
+from diffedu.version import __version__
 
 PROFILES: tuple[str, ...] = ("quick", "cpu", "gpu")
 T = TypeVar("T")
@@ -38,15 +44,6 @@ class Profile:
         return self.name == "quick"
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else Apple's MPS, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def get_profile(name: str | None = None) -> Profile:
     """The profile named `name`, else $DIFFEDU_PROFILE, else "gpu" with CUDA and "cpu" without."""
     device = default_device()
@@ -60,43 +57,8 @@ def get_profile(name: str | None = None) -> Profile:
     return Profile(name, device)
 
 
-def device_name(device: torch.device) -> str:
-    """A readable name of the device, e.g. 'NVIDIA H100 80GB HBM3' or the CPU's model."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple MPS"
-    return _cpu_name()
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes in bfloat16 natively (AVX512-BF16 or AMX, e.g. Intel Xeon since Sapphire Rapids,
-    AMD Zen 4): there bf16 autocast makes training faster; elsewhere it emulates bf16 and is slower."""
-    flags = set((_cpuinfo("flags") or "").split())
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
-def _cpu_name() -> str:
-    model = _cpuinfo("model name")
-    return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def _cpuinfo(field: str) -> str | None:
-    """The value of the first ``field`` line of /proc/cpuinfo (Linux), or None where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(field):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators."""
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -107,9 +69,6 @@ def start(lesson: str = "", *, datasets: tuple[str, ...] = (), seed: int = 0, pr
 
     Prints versions, device, profile, grading mode and where each dataset in `datasets` comes from.
     """
-    from diffedu import __version__
-    from diffedu.checks import grading_enabled
-
     prof = get_profile(profile)
     seed_everything(seed)
     lines = [
@@ -120,8 +79,6 @@ def start(lesson: str = "", *, datasets: tuple[str, ...] = (), seed: int = 0, pr
     if grading_enabled():
         lines.append("grading: on (checks are strict; skipped exercises fail)")
     if datasets:
-        from diffedu.data import describe_source
-
         for name in datasets:
             lines.append(f"data:    {name}: {describe_source(name)}")
     print((f"{lesson}\n" if lesson else "") + "\n".join(lines))

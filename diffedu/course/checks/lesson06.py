@@ -1,6 +1,6 @@
 """Checks for the exercises of lesson 06 (scaling up: data on the device, the learning-rate scaling rule).
 
-Same rules as `diffedu.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
+Same rules as `diffedu.course.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
 likely mistake, a skipped one (still raising NotImplementedError) continues with the library's version
 (`diffedu.device_data.image_batch`, `diffedu.train.scale_learning_rate`).
 """
@@ -13,15 +13,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffedu.checks import Case, Mistake, check_exercise
+from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
+from diffedu.device_data import image_batch
+from diffedu.train import scale_learning_rate
 
-__all__ = ["check_image_batch", "check_scale_learning_rate"]
+__all__ = ["ExerciseError", "check_image_batch", "check_scale_learning_rate"]
 
 
 def check_image_batch(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Lesson 06: x0 = where(flip, images[idx] mirrored left-right, images[idx]) / 127.5 - 1, as float32."""
-    from diffedu.device_data import image_batch
-
     g = torch.Generator().manual_seed(6)
     images = torch.randint(0, 256, (5, 3, 2, 4), generator=g, dtype=torch.uint8)  # (N, C, H, W)
     images[0, 0, 0, 0], images[1, 0, 0, 0] = 255, 0  # the two ends of the pixel range
@@ -72,8 +72,6 @@ def check_image_batch(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 def check_scale_learning_rate(learner: Callable[..., float]) -> Callable[..., float]:
     """Lesson 06: lr * k (linear) or lr * sqrt(k) (sqrt), k = batch_size / base_batch_size."""
-    from diffedu.train import scale_learning_rate
-
     cases = [
         Case((1e-3, 512, 128, "sqrt"), {}, "lr = 1e-3 at batch 128, scaled to batch 512 by the sqrt rule"),
         Case((1e-3, 512, 128, "linear"), {}, "the same, by the linear rule"),

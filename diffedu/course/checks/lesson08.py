@@ -1,6 +1,6 @@
 """Checks for the exercises of lesson 08 (class conditioning and classifier-free guidance).
 
-Same rules as `diffedu.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
+Same rules as `diffedu.course.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
 likely mistake, a skipped one (still raising NotImplementedError) continues with `diffedu.guidance`'s version.
 """
 
@@ -11,15 +11,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffedu.checks import Case, Mistake, check_exercise
+from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
+from diffedu.guidance import cfg_combine
 
-__all__ = ["check_cfg_combine"]
+__all__ = ["ExerciseError", "check_cfg_combine"]
 
 
 def check_cfg_combine(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Lesson 08: eps_w = eps_uncond + w (eps_cond - eps_uncond), learner's cfg_combine(out_cond, out_uncond, w)."""
-    from diffedu.guidance import cfg_combine
-
     g = torch.Generator().manual_seed(80)
     cond, uncond = torch.randn(2, 1, 3, 3, generator=g), torch.randn(2, 1, 3, 3, generator=g)
     cases = [

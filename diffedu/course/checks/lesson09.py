@@ -1,8 +1,8 @@
 """Checks for the exercises of lesson 09 (text conditioning): the tokenizer, the text encoder, cross-attention.
 
-Same rules as `diffedu.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
+Same rules as `diffedu.course.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
 likely mistake, a skipped one (still raising NotImplementedError) continues with the library's version
-(`diffedu.text.encode`, `diffedu.text.TextEncoder`, `diffedu.layers.CrossAttention`).
+(`diffedu.models.text.encode`, `diffedu.models.text.TextEncoder`, `diffedu.models.layers.CrossAttention`).
 
 The module exercises are checked like lesson 03's: the library's block gets random weights, the learner's
 block (built by the skeleton's ``__init__``, so the names match) loads the same weights, and both run on
@@ -17,15 +17,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffedu.checks import Case, Mistake, _check_module, check_exercise
+from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise, check_module
+from diffedu.models.layers import CrossAttention
+from diffedu.models.text import BOS, PAD, SPECIAL_TOKENS, UNK, TextEncoder, TextEncoderConfig, encode, words_of
 
-__all__ = ["check_cross_attention", "check_encode", "check_text_encoder"]
+__all__ = ["ExerciseError", "check_cross_attention", "check_encode", "check_text_encoder"]
 
 
 def check_encode(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Lesson 09: encode(text, ids, max_length) = [BOS, ids of words_of(text) (UNK if unknown), PAD...], cut to max_length."""
-    from diffedu.text import BOS, PAD, SPECIAL_TOKENS, UNK, encode, words_of
-
     vocab = [*SPECIAL_TOKENS, "a", "thick", "thin", "slanted", "seven", "7", "digit", "the"]
     ids = {word: i for i, word in enumerate(vocab)}
 
@@ -81,8 +81,6 @@ def _real_positions(fn: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., t
 
 def check_text_encoder(learner_cls: type) -> type:
     """Lesson 09: context = norm(blocks(token_embed(ids) + pos_embed[:L], padding mask)), mask = ids != PAD."""
-    from diffedu.text import TextEncoder, TextEncoderConfig
-
     def variant(*, positions=True, mask_mode="right", final_norm=True, mask_out="right"):
         def compute(m, tokens):
             mask = tokens != 0
@@ -123,7 +121,7 @@ def check_text_encoder(learner_cls: type) -> type:
 
 
 def _check_text_module(learner_cls: type, reference_cls: type, setups, wrong) -> type:
-    """`_check_module` for a text encoder, comparing the outputs at real tokens only (PAD rows set to 0)."""
+    """`check_module` for a text encoder, comparing the outputs at real tokens only (PAD rows set to 0)."""
 
     def masked(cls: type) -> type:
         def forward(self, tokens):
@@ -135,14 +133,12 @@ def _check_text_module(learner_cls: type, reference_cls: type, setups, wrong) ->
         return type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
                                             "__qualname__": cls.__qualname__})
 
-    checked = _check_module("TextEncoder", masked(learner_cls), masked(reference_cls), setups, wrong)
+    checked = check_module("TextEncoder", masked(learner_cls), masked(reference_cls), setups, wrong)
     return reference_cls if checked.__mro__[1] is reference_cls else learner_cls
 
 
 def check_cross_attention(learner_cls: type) -> type:
     """Lesson 09: out = x + proj(concat_j softmax(q_j k_j^T / sqrt(hd), PAD masked) v_j), q from the image, k, v from the text."""
-    from diffedu.layers import CrossAttention
-
     def variant(*, norm=True, residual=True, scale="once", kv_from="text", mask_mode="right", swap_kv=False,
                 softmax_dim=-1, merge="ok"):
         def compute(m, x, context, context_mask=None):
@@ -209,5 +205,5 @@ def check_cross_attention(learner_cls: type) -> type:
         ("a reshape where a transpose is needed when merging the heads: (B, nh, N, hd) -> transpose to "
          "(B, nh, hd, N) -> reshape to (B, C, H, W).", variant(merge="reshape only")),
     ]
-    return _check_module("CrossAttention", learner_cls, CrossAttention, setups, wrong)
+    return check_module("CrossAttention", learner_cls, CrossAttention, setups, wrong)
 

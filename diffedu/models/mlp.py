@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from diffedu.layers import timestep_embedding
+from diffedu.models.layers import timestep_embedding
 
 
 class MLPDenoiser(nn.Module):

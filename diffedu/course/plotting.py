@@ -6,7 +6,10 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import HTML
+from matplotlib import animation
 from torch import Tensor
+from torchvision.utils import make_grid
 
 
 def to_unit(x: Tensor) -> Tensor:
@@ -16,8 +19,6 @@ def to_unit(x: Tensor) -> Tensor:
 
 def image_grid(x: Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """A batch (N, C, H, W) in [-1, 1] as one (H', W', C) array in [0, 1] (torchvision's make_grid)."""
-    from torchvision.utils import make_grid
-
     if x.ndim != 4:
         raise ValueError(f"image_grid expects a batch (N, C, H, W), got shape {tuple(x.shape)}")
     grid = make_grid(to_unit(x), nrow=nrow, padding=padding, pad_value=1.0)  # (3, H', W')
@@ -71,9 +72,6 @@ def plot_loss(losses: Sequence[float], smooth: int = 50, ax=None, title: str = "
 
 def animate_images(frames: Sequence[Tensor], nrow: int = 8, interval: int = 80, titles: Sequence[str] = ()):
     """An HTML animation of image batches (one grid a frame), for the reverse process."""
-    from matplotlib import animation
-    from IPython.display import HTML
-
     grids = [image_grid(f, nrow) for f in frames]
     fig, ax = plt.subplots(figsize=(0.6 * nrow, 0.6 * max(1, frames[0].shape[0] // nrow) + 0.4))
     im = ax.imshow(grids[0], interpolation="nearest")

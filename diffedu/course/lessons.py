@@ -6,8 +6,8 @@ with `# YOUR CODE HERE` and `raise NotImplementedError()` (in markdown: `YOUR AN
 region's indentation; regions between `### BEGIN HIDDEN TESTS` and `### END HIDDEN TESTS` are removed.
 Outputs and execution counts are dropped from both.
 
-    python -m diffedu.lessons            # rewrite lessons/ from solutions/
-    python -m diffedu.lessons --check    # exit 1 if lessons/ is out of date
+    python -m diffedu.course.lessons            # rewrite lessons/ from solutions/
+    python -m diffedu.course.lessons --check    # exit 1 if lessons/ is out of date
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = generate(args.solutions, args.lessons, check=args.check)
     if args.check:
         for name in stale:
-            print(f"out of date: lessons/{name} (run: python -m diffedu.lessons)")
+            print(f"out of date: lessons/{name} (run: python -m diffedu.course.lessons)")
         return 1 if stale else 0
     print(f"wrote {len(stale)} lesson(s)" + (f": {', '.join(stale)}" if stale else "; all were up to date"))
     return 0

@@ -18,8 +18,8 @@ remaining convs as a residual branch, h <- h + convs(h). A linear "feature" laye
 confident fraction and the class histogram come from. The package ships weights for MNIST and
 Fashion-MNIST in ``diffedu/weights/{dataset}_classifier.pt``; rebuild one (or train the CIFAR-10 one) with
 
-    python -m diffedu.classifier --dataset mnist --out diffedu/weights/mnist_classifier.pt
-    python -m diffedu.classifier --dataset cifar10     # a GPU: >= 90 % in a few minutes (30 epochs)
+    python -m diffedu.models.classifier --dataset mnist --out diffedu/weights/mnist_classifier.pt
+    python -m diffedu.models.classifier --dataset cifar10     # a GPU: >= 90 % in a few minutes (30 epochs)
 
 Training keeps the whole set on the device as uint8 (``diffedu.device_data``) and makes each batch
 there: random shifts (crops of the padded image), flips where mirror images are the same class,
@@ -41,10 +41,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
+from diffedu.checkpoints import weights_dir
 from diffedu.data import DATASETS, IMAGE_SHAPES, load_dataset, uint8_to_float
 from diffedu.device_data import DeviceImages, image_batch
-from diffedu.profiles import device_name
+from diffedu.devices import device_name
 
 __all__ = [
     "Classifier",
@@ -60,7 +62,7 @@ __all__ = [
     "weights_path",
 ]
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = weights_dir()  # diffedu/weights, beside the diffusion models
 # Test accuracy a shipped classifier must reach (the issue's yardstick requirement).
 TARGET_ACCURACY = {"mnist": 0.99, "fashion_mnist": 0.91, "cifar10": 0.90}
 
@@ -307,7 +309,6 @@ def train_classifier(dataset: str = "mnist", *, config: ClassifierConfig | None 
         correct = torch.zeros((), device=device, dtype=torch.long)  # summed on the device: no per-step sync
         batches = range(steps_per_epoch)
         if progress:
-            from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"epoch {epoch + 1}/{settings.epochs}", leave=False)
         for i in batches:
             idx = order[i * settings.batch_size: (i + 1) * settings.batch_size]
@@ -387,7 +388,7 @@ def load_classifier(dataset: str = "mnist", device: str | torch.device | None = 
     if not file.is_file():
         raise FileNotFoundError(
             f"no classifier weights for {dataset!r} at {file}. Train them (full data via DIFFEDU_DATA or "
-            f"torchvision) with:\n  python -m diffedu.classifier --dataset {dataset} --out {file}")
+            f"torchvision) with:\n  python -m diffedu.models.classifier --dataset {dataset} --out {file}")
     payload = torch.load(file, map_location="cpu", weights_only=True)
     model = Classifier(ClassifierConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
@@ -396,8 +397,8 @@ def load_classifier(dataset: str = "mnist", device: str | torch.device | None = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m diffedu.classifier --dataset mnist --out diffedu/weights/mnist_classifier.pt``."""
-    p = argparse.ArgumentParser(prog="python -m diffedu.classifier", description=__doc__.splitlines()[0])
+    """``python -m diffedu.models.classifier --dataset mnist --out diffedu/weights/mnist_classifier.pt``."""
+    p = argparse.ArgumentParser(prog="python -m diffedu.models.classifier", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
     p.add_argument("--out", default=None, help="weights file (default: the shipped path in diffedu/weights)")
     p.add_argument("--epochs", type=int, default=None)

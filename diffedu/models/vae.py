@@ -29,8 +29,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from diffedu.layers import Downsample, group_norm
+from diffedu.checkpoints import atomic_save
+from diffedu.devices import default_device
+from diffedu.models.layers import Downsample, group_norm
 
 __all__ = [
     "VAE",
@@ -428,11 +431,6 @@ def train_vae(vae: VAE, data: Tensor, config: VAETrainConfig, *, device: torch.d
     callback gets ``{"step", "loss", "recon", "kl", "vae"}`` every ``callback_every`` steps (its time is not
     counted). Sets ``vae.latent_scale`` from ``data`` at the end (`compute_latent_scale`, up to 2000 images).
     """
-    from tqdm.auto import tqdm
-
-    from diffedu.profiles import default_device
-    from diffedu.train import atomic_save
-
     device = torch.device(device) if device is not None else default_device()
     if not isinstance(data, Tensor) or not data.is_floating_point() or data.ndim != 4 or len(data) == 0:
         raise ValueError(f"data must be a non-empty float tensor of images (N, C, S, S), got "

@@ -1,7 +1,7 @@
 """Checks for the exercises of lesson 07 (latent diffusion): the reparameterisation and the KL term.
 
-Same rules as `diffedu.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
-likely mistake, a skipped one (still raising NotImplementedError) continues with `diffedu.vae`'s version.
+Same rules as `diffedu.course.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
+likely mistake, a skipped one (still raising NotImplementedError) continues with `diffedu.models.vae`'s version.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffedu.checks import Case, ExerciseError, Mistake, check_exercise
+from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
+from diffedu.models.vae import kl_divergence, reparameterize
 
-__all__ = ["check_kl_divergence", "check_reparameterize"]
+__all__ = ["ExerciseError", "check_kl_divergence", "check_reparameterize"]
 
 
 def check_reparameterize(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Lesson 07: z = mu + sigma * eps with sigma = exp(0.5 * log sigma^2); the gradient must reach mu and logvar."""
-    from diffedu.vae import reparameterize
-
     g = torch.Generator().manual_seed(70)
     mu, logvar, eps = torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g), torch.randn(2, 3, generator=g)
     mu4, logvar4, eps4 = (torch.randn(2, 2, 3, 3, generator=g) for _ in range(3))
@@ -59,8 +58,6 @@ def check_reparameterize(learner: Callable[..., Tensor]) -> Callable[..., Tensor
 
 def check_kl_divergence(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Lesson 07: KL(N(mu, sigma^2) || N(0, I)) = 0.5 * sum(mu^2 + sigma^2 - 1 - log sigma^2), one value per example."""
-    from diffedu.vae import kl_divergence
-
     g = torch.Generator().manual_seed(71)
     mu, logvar = torch.randn(3, 2, 2, 2, generator=g), torch.randn(3, 2, 2, 2, generator=g)
     mu2, logvar2 = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)

@@ -1,0 +1,176 @@
+"""Checkpoints and weights files: written atomically, read with ``torch.load(..., weights_only=True)``.
+
+- A **training checkpoint** (`save_checkpoint`, `load_checkpoint`) holds everything a run needs to resume
+  exactly: the model's, the EMA's and the optimizer's state dicts, the step, the clock, the losses, the
+  random generators' states, the training config, the model's class and config, and the schedule.
+- A **shipped weights file** (`weights_payload`) holds only the EMA weights and what is needed to use
+  them: the model's class and config, the schedule, the prediction type and the record of how it was
+  trained. `diffedu.pretrained` and `diffedu.text2img` write and read them; they live in `weights_dir()`.
+
+Every file is written by `atomic_save`: to a temporary file beside the target, flushed to disk, then
+renamed over it, so an interrupt leaves either the old file or the new one, never half of one. Files
+hold only tensors and primitives, so loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from diffedu.schedules import SCHEDULES, NoiseSchedule
+
+__all__ = ["CheckpointError", "atomic_save", "ema_weights", "load_checkpoint", "save_checkpoint", "weights_dir",
+           "weights_payload"]
+
+FORMAT = "diffedu-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, not a diffedu checkpoint, or does not fit the model."""
+
+
+def weights_dir() -> Path:
+    """The folder of the weights shipped with the package: ``diffedu/weights``."""
+    return Path(__file__).parent / "weights"
+
+
+def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, ema: AveragedModel,
+                    optimizer: torch.optim.Optimizer, step: int, seconds: float, losses: list[float],
+                    generator: torch.Generator, config: Any, schedule: NoiseSchedule) -> Path:
+    """Write the training state (state dicts, tensors and primitives only) atomically to `path`.
+
+    ``config`` is the run's `diffedu.train.TrainConfig` (a dataclass, stored as a dict).
+    The learning rate is a pure function of `step` (`learning_rate`), so `step` is its whole state.
+    """
+    model_config = getattr(model, "config", None)
+    state = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+        "step": step, "seconds": seconds, "losses": torch.tensor(losses, dtype=torch.float32),
+        "rng": {"torch": torch.get_rng_state(), "data": generator.get_state(), "data_device": str(generator.device),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None},
+        "train_config": dataclasses.asdict(config),
+        "model_class": type(model).__name__,
+        "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else None,
+        "schedule": {"name": schedule.name, "T": schedule.T, "betas": schedule.betas.detach().cpu()},
+    }
+    return atomic_save(state, path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then os.replace: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX only)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], model: nn.Module | None = None) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; with `model`, load its weights into it.
+
+    Raises `CheckpointError` with one clear message for a missing, corrupt or foreign file, and for
+    weights that do not fit `model` (naming the keys and shapes that differ and both configs).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: the file does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, pickled objects: all end here
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated, corrupt, or holds more than tensors and state "
+            f"dicts ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Delete it to start "
+            f"afresh, or pass resume=False") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        got = f"a dict with keys {sorted(map(str, state))[:8]}" if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a diffedu training checkpoint (it holds {got}); write one with "
+                              f"diffedu.train.train(..., checkpoint=path)")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {state['format_version']}, newer than this diffedu "
+                              f"reads ({FORMAT_VERSION}); update diffedu")
+    if model is not None:
+        _check_fits(state, model, path)
+        model.load_state_dict(state["model"])
+    return state
+
+
+def _check_fits(state: dict[str, Any], model: nn.Module, path: Path) -> None:
+    saved, own = state["model"], model.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return
+    parts = [f"{label} ({len(items)}): {', '.join(items[:3])}{f' and {len(items) - 3} more' if len(items) > 3 else ''}"
+             for label, items in (("shapes differ", shapes), ("missing in checkpoint", missing),
+                                  ("not in model", unexpected)) if items]
+    saved_config, mc = state.get("model_config"), getattr(model, "config", None)
+    own_config = dataclasses.asdict(mc) if dataclasses.is_dataclass(mc) else None
+    if saved_config is not None and own_config is not None:
+        diff = [f"{k}={v!r} (this model: {own_config.get(k)!r})"
+                for k, v in saved_config.items() if own_config.get(k) != v]
+        made = f"The checkpoint was made with {', '.join(diff) or 'the same config'}"
+    else:
+        made = f"The checkpoint was made with a {state.get('model_class')} of config {saved_config}"
+    raise CheckpointError(
+        f"checkpoint {path} does not fit this {type(model).__name__}: " + "; ".join(parts) + f". {made}. Build "
+        f"the model with the checkpoint's config ({state.get('model_class')}(...) from state['model_config']), or "
+        f"use another checkpoint path")
+
+
+def weights_payload(state: dict[str, Any], *, file_format: str, name: str, record: dict[str, Any],
+                    max_fp32_bytes: int) -> dict[str, Any]:
+    """What a shipped weights file holds, from a training checkpoint's state (`export_weights`, `export_text2img`).
+
+    The EMA weights (float32 up to ``max_fp32_bytes``, float16 above), the model's class and config, the
+    schedule (its betas only when it is not a named one), the prediction type, the step, and ``record``.
+    Only tensors and plain JSON types: the file loads with ``torch.load(weights_only=True)``.
+    """
+    weights = ema_weights(state)
+    size = sum(v.numel() * v.element_size() for v in weights.values())
+    dtype = torch.float32 if size <= max_fp32_bytes else torch.float16
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+    schedule = state["schedule"]
+    return {
+        "format": file_format, "format_version": WEIGHTS_FORMAT_VERSION, "name": name, "state_dict": weights,
+        "dtype": str(dtype).removeprefix("torch."), "model_class": state["model_class"],
+        "model_config": json.loads(json.dumps(state["model_config"])),
+        "schedule": {"name": schedule["name"], "T": schedule["T"],
+                     **({"betas": schedule["betas"]} if schedule["name"] not in SCHEDULES else {})},
+        "prediction": state["train_config"]["prediction"], "step": state["step"],
+        "record": json.loads(json.dumps(record)),
+    }
+
+
+def ema_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The EMA's state dict from a training checkpoint, without AveragedModel's prefix and counter."""
+    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
