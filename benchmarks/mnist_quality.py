@@ -32,7 +32,7 @@ from diffedu.course.plotting import image_grid  # noqa: E402
 from diffedu.metrics import evaluate_samples  # noqa: E402
 from diffedu.pretrained import load_pretrained, model_from_checkpoint  # noqa: E402
 from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
-from diffedu.train import main as train_main  # noqa: E402
+from diffedu.train_cli import main as train_main  # noqa: E402
 
 
 def sample(model, schedule, n: int, batch: int, seed: int, steps: int | None, device,

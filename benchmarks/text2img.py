@@ -51,7 +51,8 @@ from diffedu.text2img import (  # noqa: E402
     mnist_latent_text,
     mnist_pixel_text,
 )
-from diffedu.train import TrainConfig, git_commit, train  # noqa: E402
+from diffedu.train import TrainConfig, train  # noqa: E402
+from diffedu.train_cli import git_commit  # noqa: E402
 
 # The pixel model: `mnist_pixel_text`'s defaults (8-16-32 channels, cross-attention at 14x14, 7x7 and in the
 # middle); the latent model (the shipped one): `mnist_latent_text`'s defaults.

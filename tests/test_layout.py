@@ -150,3 +150,13 @@ def test_the_training_command_runs_as_a_module():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--dataset" in done.stdout and "--export" in done.stdout
+
+
+@pytest.mark.parametrize("script", sorted((PACKAGE.parent / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_every_benchmark_script_imports(script):
+    """The benchmarks are not run by the tests, but their imports must follow the library."""
+    code = (f"import importlib.util, sys; sys.path.insert(0, {str(script.parent)!r}); "
+            f"spec = importlib.util.spec_from_file_location('bench', {str(script)!r}); "
+            f"spec.loader.exec_module(importlib.util.module_from_spec(spec))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
