@@ -47,10 +47,11 @@ def weights_dir() -> Path:
 
 def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, ema: AveragedModel,
                     optimizer: torch.optim.Optimizer, step: int, seconds: float, losses: list[float],
-                    generator: torch.Generator, config: Any, schedule: NoiseSchedule) -> Path:
+                    generator: torch.Generator, config: Any, schedule: NoiseSchedule | None) -> Path:
     """Write the training state (state dicts, tensors and primitives only) atomically to `path`.
 
-    ``config`` is the run's `diffedu.train.TrainConfig` (a dataclass, stored as a dict).
+    ``config`` is the run's `diffedu.train.TrainConfig` (a dataclass, stored as a dict); ``schedule`` is None
+    for a flow-matching run.
     The learning rate is a pure function of `step` (`learning_rate`), so `step` is its whole state.
     """
     model_config = getattr(model, "config", None)
@@ -63,7 +64,8 @@ def save_checkpoint(path: str | os.PathLike[str], *, model: nn.Module, ema: Aver
         "train_config": dataclasses.asdict(config),
         "model_class": type(model).__name__,
         "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else None,
-        "schedule": {"name": schedule.name, "T": schedule.T, "betas": schedule.betas.detach().cpu()},
+        "schedule": ({"name": schedule.name, "T": schedule.T, "betas": schedule.betas.detach().cpu()}
+                     if schedule is not None else None),
     }
     return atomic_save(state, path)
 
@@ -152,21 +154,24 @@ def weights_payload(state: dict[str, Any], *, file_format: str, name: str, recor
     """What a shipped weights file holds, from a training checkpoint's state (`export_weights`, `export_text2img`).
 
     The EMA weights (float32 up to ``max_fp32_bytes``, float16 above), the model's class and config, the
-    schedule (its betas only when it is not a named one), the prediction type, the step, and ``record``.
+    schedule (its betas only when it is not a named one; None for flow matching), the prediction type
+    ("eps", "x0", "v", or "flow" for a flow-matching velocity), the step, and ``record``.
     Only tensors and plain JSON types: the file loads with ``torch.load(weights_only=True)``.
     """
     weights = ema_weights(state)
     size = sum(v.numel() * v.element_size() for v in weights.values())
     dtype = torch.float32 if size <= max_fp32_bytes else torch.float16
     weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
-    schedule = state["schedule"]
+    schedule, train_config = state["schedule"], state["train_config"]
+    flow = train_config.get("objective", "diffusion") == "flow"
     return {
         "format": file_format, "format_version": WEIGHTS_FORMAT_VERSION, "name": name, "state_dict": weights,
         "dtype": str(dtype).removeprefix("torch."), "model_class": state["model_class"],
         "model_config": json.loads(json.dumps(state["model_config"])),
-        "schedule": {"name": schedule["name"], "T": schedule["T"],
-                     **({"betas": schedule["betas"]} if schedule["name"] not in SCHEDULES else {})},
-        "prediction": state["train_config"]["prediction"], "step": state["step"],
+        "schedule": None if schedule is None else {
+            "name": schedule["name"], "T": schedule["T"],
+            **({"betas": schedule["betas"]} if schedule["name"] not in SCHEDULES else {})},
+        "prediction": "flow" if flow else train_config["prediction"], "step": state["step"],
         "record": json.loads(json.dumps(record)),
     }
 

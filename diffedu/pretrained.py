@@ -26,6 +26,9 @@ MAX_FP32_BYTES = 10 * 2**20  # above this the weights are stored in float16
 RECIPES = {
     "mnist_ddpm": "python -m diffedu.train --dataset mnist --preset mnist_small --profile cpu --minutes 10 "
                   "--out runs/mnist.pt --export mnist_ddpm",
+    "mnist_flow": "python benchmarks/flow_matching.py --objectives flow --minutes 10 --export mnist_flow  (or: python "
+                  "-m diffedu.train --dataset mnist --preset mnist_patch --objective flow --batch-size 64 --minutes 10 "
+                  "--out runs/flow.pt --export mnist_flow)",
 }
 
 
@@ -67,17 +70,20 @@ def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.devi
     model = UNet(UNetConfig(**state["model_config"]))
     model.load_state_dict(ema_weights(state))
     sched = state["schedule"]
-    schedule = schedule_from_betas(sched["betas"], sched["name"])
+    schedule = schedule_from_betas(sched["betas"], sched["name"]) if sched is not None else None
     device = torch.device(device) if device is not None else default_device()
-    return model.to(device).eval(), schedule.to(device), {"step": state["step"], "seconds": state["seconds"],
+    schedule = schedule.to(device) if schedule is not None else None
+    return model.to(device).eval(), schedule, {"step": state["step"], "seconds": state["seconds"],
                                                           "train_config": state["train_config"]}
 
 
 def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None = None, *,
-                    directory: str | os.PathLike[str] | None = None) -> tuple[nn.Module, NoiseSchedule, dict[str, Any]]:
+                    directory: str | os.PathLike[str] | None = None
+                    ) -> tuple[nn.Module, NoiseSchedule | None, dict[str, Any]]:
     """The pretrained U-Net `name` (eval mode, float32), its noise schedule, and an info dict.
 
     ``info`` holds name, prediction, model_config, step and the training record (command, minutes, ...).
+    A flow-matching model (``info["prediction"] == "flow"``) has no schedule: None.
     """
     folder = Path(directory) if directory is not None else weights_dir()
     path = folder / f"{name}.pt"
@@ -99,9 +105,12 @@ def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None 
                          f"available: {', '.join(map(repr, available(folder))) or 'none'}")
     model = UNet(UNetConfig(**payload["model_config"]))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-    sched = payload["schedule"]
-    schedule = (make_schedule(sched["name"], sched["T"]) if sched["name"] in SCHEDULES
-                else schedule_from_betas(sched["betas"], sched["name"]))
     device = torch.device(device) if device is not None else default_device()
+    sched = payload["schedule"]
+    if sched is None:  # a flow-matching model (prediction "flow"): sample it with diffedu.flow.flow_sample
+        schedule = None
+    else:
+        schedule = (make_schedule(sched["name"], sched["T"]) if sched["name"] in SCHEDULES
+                    else schedule_from_betas(sched["betas"], sched["name"])).to(device)
     info = {k: payload[k] for k in ("name", "prediction", "model_config", "step", "record", "dtype")}
-    return model.to(device).eval(), schedule.to(device), {**info, "path": path}
+    return model.to(device).eval(), schedule, {**info, "path": path}

@@ -46,6 +46,7 @@ from diffedu.checkpoints import CheckpointError, atomic_save, load_checkpoint, s
 from diffedu.device_data import DeviceImages, draw_flips, draw_indices, rank_slice
 from diffedu.devices import default_device
 from diffedu.ema import EMA, EMA_IMPLS, ema_update, make_ema
+from diffedu.flow import TIME_SAMPLINGS, TimeSampling, flow_loss, sample_flow_time
 from diffedu.losses import ddpm_loss
 from diffedu.predictions import Prediction, check_prediction
 from diffedu.schedules import NoiseSchedule
@@ -58,6 +59,7 @@ __all__ = [
     "scale_learning_rate", "train", "train_step",
 ]
 
+OBJECTIVES = ("diffusion", "flow")
 AMP_MODES = ("auto", "bf16", "off")
 LR_DECAYS = ("constant", "cosine")
 LR_SCALINGS = ("sqrt", "linear")
@@ -88,7 +90,9 @@ class TrainConfig:
     fused_adam: bool = False  # AdamW(fused=True): one kernel for the whole update (else PyTorch's default)
     ema_impl: Literal["foreach", "swa_utils"] = "foreach"  # see `EMA`: "swa_utils" is AveragedModel's own update
     flip: bool = False  # random horizontal flips of image batches (for CIFAR-10; not for digits)
-    prediction: Prediction = "eps"
+    objective: Literal["diffusion", "flow"] = "diffusion"  # "flow": flow matching (diffedu.flow), no schedule
+    prediction: Prediction = "eps"  # what a diffusion model outputs: "eps", "x0" or "v"
+    time_sampling: TimeSampling = "logit_normal"  # flow matching's training times: "uniform" or "logit_normal"
     min_snr_gamma: float | None = None  # weight the loss by min(SNR, gamma) (see `diffedu.losses`); None: plain mean
     cond_drop_prob: float = 0.0  # labels -> null_label with this probability (classifier-free guidance)
     null_label: int | tuple[int, ...] | None = None  # None: config.num_classes; a tuple: the null row (empty prompt)
@@ -124,6 +128,14 @@ class TrainConfig:
         if self.lr_decay == "cosine" and self.steps is None:
             raise ValueError("lr_decay='cosine' decays to 0 at `steps`; set steps=..., or use lr_decay='constant'")
         check_prediction(self.prediction)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(map(repr, OBJECTIVES))}")
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"unknown time_sampling {self.time_sampling!r}; choose one of "
+                             f"{', '.join(map(repr, TIME_SAMPLINGS))}")
+        if self.objective == "flow" and (self.prediction != "eps" or self.min_snr_gamma is not None):
+            raise ValueError("objective='flow' trains a velocity; prediction and min_snr_gamma belong to the diffusion "
+                             "objective: leave them at their defaults (prediction='eps', min_snr_gamma=None)")
 
 
 @dataclass
@@ -189,27 +201,34 @@ def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     x0: Tensor,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | None,
     *,
     cond: Tensor | None = None,
     t: Tensor | None = None,
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
+    objective: Literal["diffusion", "flow"] = "diffusion",
     prediction: Prediction = "eps",
+    time_sampling: TimeSampling = "logit_normal",
     grad_clip: float | None = 1.0,
     autocast_dtype: torch.dtype | None = None,
     min_snr_gamma: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One optimisation step on the batch x0: loss, backward, clip, update. Returns (loss, grad norm).
 
-    ``t`` and ``eps`` are drawn from ``generator`` when not given (`draw_batch` gives them). Both
-    results are detached device tensors (reading them would wait for the GPU); the norm is the one
-    before clipping, None without clipping. Works unchanged on a DDP- or torch.compile-wrapped model.
+    The loss is `ddpm_loss` (``objective="diffusion"``: t integer steps of ``schedule``) or
+    `diffedu.flow.flow_loss` (``objective="flow"``: t in [0, 1], no schedule). ``t`` and ``eps`` are drawn
+    from ``generator`` when not given (`draw_batch` gives them). Both results are detached device tensors
+    (reading them would wait for the GPU); the norm is the one before clipping, None without clipping.
+    Works unchanged on a DDP- or torch.compile-wrapped model.
     """
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x0.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        loss = ddpm_loss(model, x0, schedule, t, eps, cond=cond, prediction=prediction, generator=generator,
-                         min_snr_gamma=min_snr_gamma)
+        if objective == "flow":
+            loss = flow_loss(model, x0, t, eps, cond=cond, time_sampling=time_sampling, generator=generator)
+        else:
+            loss = ddpm_loss(model, x0, schedule, t, eps, cond=cond, prediction=prediction, generator=generator,
+                             min_snr_gamma=min_snr_gamma)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip is not None else None
     optimizer.step()
@@ -219,9 +238,10 @@ def train_step(
 def draw_batch(
     data: DeviceImages,
     batch_size: int,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | None,
     generator: torch.Generator,
     *,
+    time_sampling: TimeSampling | None = None,
     flip: bool = False,
     cond_drop_prob: float = 0.0,
     null_label: int | Tensor | None = None,
@@ -237,7 +257,8 @@ def draw_batch(
         idx ~ U{0..N-1}^B,  flips ~ Bernoulli(1/2)^B (if flip),  label dropout (if p > 0),
         t ~ U{0..T-1}^B,   eps ~ N(0, I)^(B x C x H x W)
 
-    Only this rank's B / W rows are gathered from the data and returned.
+    With ``time_sampling`` (flow matching) t is drawn in [0, 1] by `diffedu.flow.sample_flow_time`
+    instead, and ``schedule`` is not used. Only this rank's B / W rows are gathered from the data and returned.
     """
     part = rank_slice(batch_size, rank, world_size)
     idx = draw_indices(len(data), batch_size, generator)                        # (B,)
@@ -252,7 +273,10 @@ def draw_batch(
         cond = cond[part]
     x0 = data.batch(idx[part], flips[part] if flips is not None else None)      # (B / W, C, H, W)
     gen_device = generator.device
-    t = torch.randint(0, schedule.T, (batch_size,), generator=generator, device=gen_device)[part]
+    if time_sampling is not None:
+        t = sample_flow_time(batch_size, time_sampling, generator=generator, device=gen_device)[part]
+    else:
+        t = torch.randint(0, schedule.T, (batch_size,), generator=generator, device=gen_device)[part]
     eps = torch.randn((batch_size, *data.example_shape), generator=generator, device=gen_device, dtype=x0.dtype)[part]
     t, eps = t.to(x0.device), eps.to(x0.device)
     if channels_last and x0.ndim == 4:
@@ -264,7 +288,7 @@ def draw_batch(
 def train(
     model: nn.Module,
     data: Tensor | DeviceImages,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | None,
     config: TrainConfig,
     *,
     labels: Tensor | None = None,
@@ -304,7 +328,13 @@ def train(
         raise ValueError(f"flip=True mirrors images (N, C, H, W), but the data have examples of shape "
                          f"{data.example_shape}; use flip=False")
     rank_slice(config.batch_size, world.rank, world.world_size)  # refuses a batch that does not split evenly
-    schedule = schedule.to(device)
+    if schedule is None and config.objective != "flow":
+        raise ValueError("the diffusion objective needs a noise schedule (make_schedule('linear', 1000)); only "
+                         "TrainConfig(objective='flow') trains without one")
+    if schedule is not None and config.objective == "flow":
+        raise ValueError("objective='flow' uses no noise schedule (its path is (1 - t) x0 + t eps): pass "
+                         "schedule=None, so that the checkpoint does not claim one")
+    schedule = schedule.to(device) if schedule is not None else None
     model.to(device).train()
     channels_last = config.channels_last and data.is_image
     if channels_last:
@@ -315,6 +345,7 @@ def train(
     ema = make_ema(model, config.ema_decay, config.ema_warmup, config.ema_impl) if world.is_main else None
     generator = torch.Generator(device).manual_seed(config.seed)  # the same stream on every rank
     step, seconds_before, losses = 0, 0.0, []
+    flow = config.objective == "flow"
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and resume and path.exists():
         state = load_checkpoint(path, model)
@@ -351,11 +382,13 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(step, config)
                 x0, cond, t, eps = draw_batch(data, config.batch_size, schedule, generator, flip=config.flip,
+                                              time_sampling=config.time_sampling if flow else None,
                                               cond_drop_prob=config.cond_drop_prob, null_label=null_label,
                                               rank=world.rank, world_size=world.world_size,
                                               channels_last=channels_last)
                 loss, _ = train_step(step_model, optimizer, x0, schedule, cond=cond, t=t, eps=eps,
-                                     prediction=config.prediction, grad_clip=config.grad_clip,
+                                     objective=config.objective, prediction=config.prediction,
+                                     grad_clip=config.grad_clip,
                                      autocast_dtype=amp_dtype, min_snr_gamma=config.min_snr_gamma)
                 if ema is not None:
                     ema.update_parameters(model)
@@ -426,6 +459,11 @@ def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel | None,
              generator: torch.Generator, config: TrainConfig, path: Path,
              world: distributed.DistributedInfo | None = None) -> tuple[int, float, list[float]]:
     world = world or distributed.DistributedInfo()
+    saved_objective = state["train_config"].get("objective", "diffusion")
+    if saved_objective != config.objective:
+        raise CheckpointError(f"checkpoint {path} was trained with objective={saved_objective!r}, this run asks for "
+                              f"{config.objective!r}: the two learn different targets. Use another checkpoint path, "
+                              f"or TrainConfig(objective={saved_objective!r})")
     try:
         if ema is not None:
             ema.load_state_dict(state["ema"])

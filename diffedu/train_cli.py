@@ -23,10 +23,20 @@ from diffedu.checkpoints import weights_dir
 from diffedu.data import DATASETS, load_dataset
 from diffedu.devices import default_device, device_name
 from diffedu.ema import EMA_IMPLS
+from diffedu.flow import TIME_SAMPLINGS
 from diffedu.models import unet
 from diffedu.pretrained import export_weights
 from diffedu.schedules import SCHEDULES, make_schedule
-from diffedu.train import AMP_MODES, LR_DECAYS, LR_SCALINGS, TrainConfig, TrainResult, scale_learning_rate, train
+from diffedu.train import (
+    AMP_MODES,
+    LR_DECAYS,
+    LR_SCALINGS,
+    OBJECTIVES,
+    TrainConfig,
+    TrainResult,
+    scale_learning_rate,
+    train,
+)
 
 __all__ = ["DEFAULTS", "PRESETS", "git_commit", "main", "profile_name"]
 
@@ -76,6 +86,10 @@ def main(argv: list[str] | None = None) -> TrainResult:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--T", type=int, default=1000)
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
+    p.add_argument("--objective", choices=OBJECTIVES, default="diffusion",
+                   help="diffusion (eps-prediction on --schedule) or flow (flow matching: no schedule; lesson 10)")
+    p.add_argument("--time-sampling", choices=TIME_SAMPLINGS, default="logit_normal",
+                   help="flow matching's training times (default: SD3's logit-normal)")
     p.add_argument("--min-snr-gamma", type=float, default=None, metavar="G",
                    help="weight the loss by min(SNR, G) (Hang et al. 2023; 5 is usual); default: plain mean")
     p.add_argument("--conditional", action="store_true", help="class-conditional, with label dropout 0.1")
@@ -113,10 +127,13 @@ def main(argv: list[str] | None = None) -> TrainResult:
                          lr=lr, warmup_steps=warmup, lr_decay=args.lr_decay, ema_decay=args.ema_decay, amp=args.amp,
                          channels_last=args.channels_last, compile=args.compile, fused_adam=args.fused_adam,
                          ema_impl=args.ema_impl, flip=args.flip, min_snr_gamma=args.min_snr_gamma,
+                         objective=args.objective, time_sampling=args.time_sampling,
                          cond_drop_prob=0.1 if args.conditional else 0.0, checkpoint_every=args.checkpoint_every,
                          seed=args.seed)
-    schedule = make_schedule(args.schedule, args.T)
-    say(f"{args.preset}: {unet.count_parameters(model):,} parameters | {images!r} | {schedule!r} | "
+    flow = args.objective == "flow"
+    schedule = None if flow else make_schedule(args.schedule, args.T)
+    what = f"flow matching ({args.time_sampling} times)" if flow else repr(schedule)
+    say(f"{args.preset}: {unet.count_parameters(model):,} parameters | {images!r} | {what} | "
         f"device {device} ({device_name(device)}, {torch.get_num_threads()} threads)"
         + (f" x {world.world_size} processes" if world.enabled else "")
         + f" | budget {minutes} min, steps {args.steps}, batch {batch_size}, lr {lr:.3g}, warm-up {warmup}")
@@ -130,7 +147,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
             "command": " ".join(["python -m diffedu.train", *(argv if argv is not None else sys.argv[1:])]),
             "dataset": args.dataset, "data_source": images.source, "images": len(images), "preset": args.preset,
             "parameters": unet.count_parameters(model), "model_config": dataclasses.asdict(model.config),
-            "schedule": args.schedule, "T": args.T, "train_config": dataclasses.asdict(config),
+            "schedule": None if flow else args.schedule, "T": None if flow else args.T,
+            "objective": args.objective, "train_config": dataclasses.asdict(config),
             "steps": result.step, "seconds": round(result.seconds, 1),
             "images_per_second": round(result.images_per_second, 1), "interrupted": result.interrupted,
             "threads": torch.get_num_threads(), "processes": world.world_size,

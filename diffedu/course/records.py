@@ -44,6 +44,7 @@ class View:
     ``prefer``: keep only the records that match, where any do (``{"profile": "gpu"}``). ``latest``: show
     only the last table. ``ratio_to_first``: add a column of this metric over its value in the first row.
     ``metric_suffix``: removed from metric names (a row field already tells such figures apart).
+    ``settings_columns``: settings shown as columns after the row fields (the latest record's, in each row).
     """
 
     tables: tuple[str, ...]
@@ -55,6 +56,7 @@ class View:
     latest: bool = False
     ratio_to_first: str | None = None
     metric_suffix: str = ""
+    settings_columns: tuple[str, ...] = ()
     command: str = ""
 
 
@@ -85,6 +87,11 @@ VIEWS: dict[str, View] = {
         tables=("device", "sample_count", "steps", "eta", "train_steps"), rows=("guidance",),
         columns=("class_accuracy", "fid_self", "fid_self_floor", "confident_fraction"), latest=True,
         command="python benchmarks/guidance.py"),
+    "flow_matching": View(
+        tables=("device", "profile", "model", "sample_count"), rows=("objective", "ema_decay", "sampler", "nfe"),
+        settings_columns=("train_steps", "train_seconds"), defaults={"ema_decay": 0.995},  # the first runs' EMA
+        columns=("fid_self", "fid_self_floor", "kid_self", "confident_fraction"),
+        command="python benchmarks/flow_matching.py --minutes 10"),
     "text2img": View(
         tables=("space", "device", "sample_count", "steps", "train_steps", "train_seconds"),
         rows=("templates", "guidance"),
@@ -231,7 +238,10 @@ def recorded_tables(benchmark: str, view: View | None = None, *,
             split = by_column[metric]
             column = metric if split is None else (metric, field_of(record, split))
             row = tuple(field_of(record, name) for name in view.rows)
-            group["rows"].setdefault(row, {})[column] = record["value"]
+            cells = group["rows"].setdefault(row, {})
+            cells[column] = record["value"]
+            for name in view.settings_columns:
+                cells[("setting", name)] = field_of(record, name)
         else:
             split = by_summary[metric]
             group["summary"][metric if split is None else (metric, field_of(record, split))] = record["value"]
@@ -252,6 +262,7 @@ def recorded_tables(benchmark: str, view: View | None = None, *,
                           if isinstance(c, tuple) and c[0] == metric}
                 cols += [(metric, v) for v in sorted(values, key=_sort_key)]
         cols = [c for c in cols if any(c in row for row in group["rows"].values())]
+        cols = [("setting", name) for name in view.settings_columns] + cols
         names = [*view.rows, *map(_label, cols)]
         row_keys = list(group["rows"])
         if view.ratio_to_first is None:
@@ -272,6 +283,8 @@ def recorded_tables(benchmark: str, view: View | None = None, *,
 
 
 def _label(column: Any) -> str:
+    if isinstance(column, tuple) and column[0] == "setting":
+        return column[1]
     if isinstance(column, tuple):
         return f"{LABELS.get(column[0], column[0])} {_format(column[1])}"
     return LABELS.get(column, column)
