@@ -160,3 +160,23 @@ def test_ema_update_check():
     with pytest.raises(checks.ExerciseError, match="in place"):
         checks.check_ema_update(rebinds)
     assert checks.check_ema_update(skipped) is ema_update
+
+
+def test_a_failed_check_shows_its_message_without_the_checks_source():
+    """In Jupyter a wrong answer shows the message (expected against got, the mistake), not the check's code."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("from diffedu.course.checks import lesson01 as checks\n"
+                                  "def q_sample(x0, t, eps, schedule):\n"
+                                  "    abar = schedule.alphas_cumprod[t].view(-1, 1, 1, 1)\n"
+                                  "    return abar * x0 + (1 - abar) * eps"),
+        nbformat.v4.new_code_cell("checks.check_q_sample(q_sample)"),
+    ])
+    nbclient.NotebookClient(nb, timeout=120, allow_errors=True, kernel_name="python3").execute()
+    error = next(o for o in nb.cells[1].outputs if o.output_type == "error")
+    shown = "\n".join(error.traceback)
+    assert error.ename == "ExerciseError" and "expected" in shown and "Likely mistake: no square roots" in shown
+    assert "Mistake(" not in shown and "lambda" not in shown and "core.py" not in shown and "lesson01.py" not in shown
+    assert len(error.traceback) <= 8  # a short box, not twenty lines of library frames

@@ -154,3 +154,7 @@ def test_autograde_gives_no_marks_for_blanks(course):
                 assert errors == ["ExerciseSkipped"], (
                     f"{nb_name}/{cell.metadata.nbgrader.grade_id}: expected ExerciseSkipped, got {errors}\n"
                     + textwrap.shorten(str(cell.outputs), 2000))
+                # the grade report shows the check's message itself, as a short box without library frames
+                shown = "\n".join(line for out in cell.outputs if out.output_type == "error" for line in out.traceback)
+                assert "is not implemented yet" in shown and "File " not in shown and len(shown.splitlines()) <= 8, (
+                    f"{nb_name}/{cell.metadata.nbgrader.grade_id}: the feedback shows\n{shown[:1000]}")

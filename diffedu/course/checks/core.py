@@ -34,7 +34,18 @@ __all__ = ["Case", "ExerciseError", "ExerciseSkipped", "Mistake", "check_exercis
 
 
 class ExerciseError(AssertionError):
-    """The learner's answer to an exercise is wrong; the message says how."""
+    """The learner's answer to an exercise is wrong; the message says how.
+
+    In Jupyter (IPython) it is shown as its message alone, in red, without a traceback: the check's frames
+    would only bury the message, and their source lists the anticipated mistakes as formulas, which is most of
+    the answer. Plain Python shows the usual traceback. nbgrader's feedback gets the same short lines.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of the traceback: the exception's name and its message."""
+        red, reset = "\x1b[1;31m", "\x1b[0m"
+        first, *rest = (str(self) or "the check failed").splitlines()
+        return [f"{red}{type(self).__name__}{reset}: {first}", *rest]
 
 
 class ExerciseSkipped(ExerciseError):
