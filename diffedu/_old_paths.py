@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
-from types import ModuleType
+from types import CodeType, ModuleType
 
 MOVED = {
     **{f"diffedu.{name}": f"diffedu.models.{name}"
@@ -39,6 +40,11 @@ class _Alias(importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         module.__spec__ = self._spec
 
+    def get_code(self, fullname: str) -> CodeType | None:
+        """The new module's code, so that ``python -m diffedu.lessons`` still runs `diffedu.course.lessons`."""
+        spec = importlib.util.find_spec(self.new)
+        return spec.loader.get_code(self.new) if spec is not None and spec.loader is not None else None
+
 
 class OldPathFinder(importlib.abc.MetaPathFinder):
     """A meta path finder for the names in `MOVED`; every other name goes to Python's own finders."""
@@ -46,7 +52,10 @@ class OldPathFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: object = None,
                   target: object = None) -> importlib.machinery.ModuleSpec | None:
         new = MOVED.get(fullname)
-        return importlib.machinery.ModuleSpec(fullname, _Alias(new)) if new else None
+        if new is None:
+            return None
+        target = importlib.util.find_spec(new)  # its file names the command in `python -m diffedu.lessons`
+        return importlib.machinery.ModuleSpec(fullname, _Alias(new), origin=target.origin if target else None)
 
 
 def install() -> None:

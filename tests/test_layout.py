@@ -145,6 +145,13 @@ def test_unknown_names_are_still_refused():
         __import__("diffedu.no_such_module")
 
 
+def test_the_old_lesson_command_still_runs():
+    """`python -m diffedu.lessons --check` (the command before the move) runs diffedu.course.lessons."""
+    done = subprocess.run([sys.executable, "-m", "diffedu.lessons", "--check"], capture_output=True, text=True,
+                          timeout=300, cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+
+
 def test_the_training_command_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "diffedu.train", "--help"], capture_output=True, text=True,
                           timeout=300)
