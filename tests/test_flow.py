@@ -10,6 +10,7 @@ from diffedu.checkpoints import CheckpointError
 from diffedu.course.checks import ExerciseError
 from diffedu.course.checks import lesson10 as checks
 from diffedu.data import toy_2d
+from diffedu.device_data import DeviceImages
 from diffedu.flow import (
     TIME_SCALE,
     ddim_as_euler_step,
@@ -31,7 +32,6 @@ from diffedu.models.unet import UNet, UNetConfig
 from diffedu.samplers import ddim_sample, ddim_step
 from diffedu.schedules import make_schedule
 from diffedu.train import TrainConfig, draw_batch, train
-from diffedu.device_data import DeviceImages
 
 
 def test_the_path_runs_from_the_data_to_the_noise_at_constant_velocity():
@@ -131,7 +131,8 @@ def test_deterministic_ddim_is_euler_on_the_probability_flow_ode():
         by_ddim = ddim_step(x_t, t, t_prev, eps, schedule, eta=0.0)
         assert torch.allclose(by_ddim, ddim_as_euler_step(x_t, t, t_prev, eps, schedule), atol=1e-5, rtol=1e-5)
     abar = schedule.alphas_cumprod[999].item()
-    assert pf_ode_sigma(schedule, 999) == pytest.approx(math.sqrt((1 - abar) / abar)) and pf_ode_sigma(schedule, -1) == 0
+    assert pf_ode_sigma(schedule, 999) == pytest.approx(math.sqrt((1 - abar) / abar))
+    assert pf_ode_sigma(schedule, -1) == 0
 
 
 def test_straightness():
