@@ -166,7 +166,8 @@ def flow_sample(
     ``sampler="euler"``: x <- x + (t_next - t) v(x, t), one model call a step.
     ``sampler="heun"``: Euler's guess, then the mean of the slopes at both ends,
     x <- x + (t_next - t) (v(x, t) + v(x_guess, t_next)) / 2, two calls a step, but the last step (to t = 0) is
-    plain Euler, as in the Heun sampler of Karras et al. (2022): the network is hardly ever trained at t = 0.
+    plain Euler, as in the Heun sampler of Karras et al. (2022), where the slope is undefined at sigma = 0; here
+    the reason is that the network is hardly ever trained at t = 0.
     Model calls (NFE, `nfe`): steps for Euler, 2 steps - 1 for Heun.
 
     The callback gets {"i", "t", "x", "pred_x0"} after each step: x at the new time and the model's

@@ -242,3 +242,30 @@ def test_the_lesson_checks_name_the_common_mistakes():
     x = torch.randn(2, 2)
     assert torch.allclose(fallback(lambda x, s: -x, x, 3), flow_sample(lambda x, s: -x, (2, 2), steps=3,
                                                                         sampler="heun", x_T=x, progress=False))
+
+
+def test_the_heun_check_compares_what_the_callback_gets_and_the_loss_check_the_reduction():
+    def heun_pred_from_new(model, x_T, steps, callback=None):  # noqa: N803
+        times = torch.linspace(1, 0, steps + 1).tolist()
+        x = x_T
+        for i in range(steps):
+            t, t_next = times[i], times[i + 1]
+            v = model(x, torch.full((x.shape[0],), t * TIME_SCALE))
+            new = x + (t_next - t) * v
+            if t_next > 0:
+                new = x + (t_next - t) * 0.5 * (v + model(new, torch.full((x.shape[0],), t_next * TIME_SCALE)))
+            if callback is not None:
+                callback({"i": i, "t": t, "x": new, "pred_x0": new - t * v})
+            x = new
+        return x
+
+    with pytest.raises(ExerciseError, match="pred_x0 is computed from the new point"):
+        checks.check_heun_sample(heun_pred_from_new)
+
+    def per_example(model, x0, t, eps):
+        tb = t.reshape(-1, *([1] * (x0.ndim - 1)))
+        err = (model((1 - tb) * x0 + tb * eps, t * TIME_SCALE) - (eps - x0)) ** 2
+        return err.flatten(1).sum(1).mean()
+
+    with pytest.raises(ExerciseError, match="mean over all elements"):
+        checks.check_flow_loss(per_example)

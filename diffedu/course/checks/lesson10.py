@@ -42,6 +42,8 @@ def check_flow_loss(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
             x_t = tb * x0 + (1 - tb) * eps if swap else (1 - tb) * x0 + tb * eps
             goal = {"right": eps - x0, "flipped": x0 - eps, "eps": eps, "x0": x0}[target]
             err = (model(x_t, t * TIME_SCALE if scale else t) - goal) ** 2
+            if reduce == "per example":  # || . ||^2 of each example, then the mean over the batch
+                return err.flatten(1).sum(1).mean()
             return err.mean() if reduce == "mean" else err.sum()
         return compute
 
@@ -55,6 +57,8 @@ def check_flow_loss(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
         Mistake("the model must see t * TIME_SCALE (t in [0, 1] times 1000, the range its time embedding was built "
                 "for), not t itself.", wrong(scale=False)),
         Mistake("take the mean of the squared errors, not the sum.", wrong(reduce="sum")),
+        Mistake("the squared norm of each example, averaged over the batch, is D times too large: take the mean over "
+                "all elements, as F.mse_loss does.", wrong(reduce="per example")),
     ]
 
     return check_exercise("flow_loss", learner, flow_loss, cases, mistakes=mistakes)
@@ -86,7 +90,7 @@ def check_heun_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     g = torch.Generator().manual_seed(12)
     x_T = torch.randn(3, 2, generator=g)  # noqa: N806
 
-    def run(fn: Callable[..., Tensor], steps: int) -> tuple[Tensor, float, float, Tensor]:
+    def run(fn: Callable[..., Tensor], steps: int) -> tuple[Tensor, float, float, Tensor, Tensor]:
         calls, seen = [], []
 
         def counted(x: Tensor, t_model: Tensor) -> Tensor:
@@ -97,7 +101,13 @@ def check_heun_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if not isinstance(out, Tensor):
             raise ExerciseError(f"heun_sample should return the final x (a tensor), got {type(out).__name__}")
         times = torch.tensor([float(info["t"]) for info in seen]) if seen else torch.zeros(0)
-        return out, float(len(calls)), float(len(seen)), times
+        try:
+            pairs = [torch.stack([info["x"], info["pred_x0"]]) for info in seen]  # (2, B, ...) each
+            shown = torch.stack(pairs) if pairs else torch.zeros(0)
+        except (KeyError, TypeError) as err:
+            raise ExerciseError(f"the callback must get a dict with 'i', 't', 'x' and 'pred_x0' tensors "
+                                f"({err!r})") from err
+        return out, float(len(calls)), float(len(seen)), times, shown
 
     def library(model: Callable[..., Tensor], x: Tensor, steps: int, callback: Any = None) -> Tensor:
         return flow_sample(model, tuple(x.shape), steps=steps, sampler="heun", x_T=x, callback=callback,
@@ -113,10 +123,15 @@ def check_heun_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
     def forward_in_time(model: Callable[..., Tensor], x: Tensor, steps: int, callback: Any = None) -> Tensor:
         return _heun(model, x, steps, callback, times=torch.linspace(0, 1, steps + 1).tolist(), euler_last=True)
 
+    def pred_from_new(model: Callable[..., Tensor], x: Tensor, steps: int, callback: Any = None) -> Tensor:
+        return _heun(model, x, steps, callback, times=torch.linspace(1, 0, steps + 1).tolist(), euler_last=True,
+                     pred_from_new=True)
+
     def no_callback(model: Callable[..., Tensor], x: Tensor, steps: int, callback: Any = None) -> Tensor:
         return library(model, x, steps)
 
-    compared = "(compared: the final x, the number of model calls, of callback calls, and the t each callback saw)"
+    compared = ("(compared: the final x, the number of model calls, of callback calls, and the t, x and pred_x0 each "
+                "callback saw)")
     cases = [Case((4,), {}, f"3 points in 2-D, 4 steps from t = 1 to 0, a fixed stand-in model {compared}"),
              Case((1,), {}, f"3 points in 2-D, a single step, which is Euler's: one model call {compared}")]
     mistakes = [
@@ -126,6 +141,8 @@ def check_heun_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
                 lambda steps: run(heun_at_the_end_too, steps)),
         Mistake("the loop runs from t = 0 to 1; sampling goes from the noise at t = 1 to the data at t = 0.",
                 lambda steps: run(forward_in_time, steps)),
+        Mistake("pred_x0 is computed from the new point; it is the guess at the start of the step: x_old - t * v.",
+                lambda steps: run(pred_from_new, steps)),
         Mistake("the result is right, but callback is never called: after each step, when callback is given, call "
                 "callback({'i': i, 't': t, 'x': x, 'pred_x0': x_t - t * v}).", lambda steps: run(no_callback, steps)),
     ]
@@ -145,7 +162,7 @@ def check_heun_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 def _heun(model: Callable[..., Tensor], x: Tensor, steps: int, callback: Any, *, times: list[float],
-          euler_last: bool) -> Tensor:
+          euler_last: bool, pred_from_new: bool = False) -> Tensor:
     """Heun's loop over ``times`` (a wrong answer's, for naming mistakes); Euler at the last step if ``euler_last``."""
     for i in range(steps):
         t, t_next = times[i], times[i + 1]
@@ -154,6 +171,6 @@ def _heun(model: Callable[..., Tensor], x: Tensor, steps: int, callback: Any, *,
         if not (euler_last and i == steps - 1):
             x_next = x + (t_next - t) * 0.5 * (v + model(x_next, torch.full((x.shape[0],), t_next * TIME_SCALE)))
         if callback is not None:
-            callback({"i": i, "t": t, "x": x_next, "pred_x0": x - t * v})
+            callback({"i": i, "t": t, "x": x_next, "pred_x0": (x_next if pred_from_new else x) - t * v})
         x = x_next
     return x
