@@ -50,7 +50,9 @@ def check_timestep_embedding(learner: Callable[..., Tensor]) -> Callable[..., Te
                 "(so t = 0 gives half zeros, then half ones).", variant(order="cos-sin")),
         Mistake("sin and cos are interleaved (sin, cos, sin, cos, ...): put all the sines first, then all the "
                 "cosines, with torch.cat([sin, cos], dim=1).", variant(order="interleaved")),
-        Mistake("the frequencies divide the exponent by half - 1; use w_i = 10000 ** (-i / half), i = 0 .. half-1.",
+        Mistake("the frequencies divide the exponent by half - 1. That is a convention, not an error (the original DDPM "
+                "code's, and diffusers' downscale_freq_shift=1), but this course uses w_i = 10000 ** (-i / half), "
+                "i = 0 .. half-1, and so do its shipped models.",
                 variant(denominator="half-1")),
         Mistake("the frequencies divide the exponent by dim; use half = dim // 2: w_i = 10000 ** (-i / half).",
                 variant(denominator="dim")),
