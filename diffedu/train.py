@@ -7,6 +7,9 @@ Each step is Algorithm 1 of Ho et al. (2020) plus the engineering that makes it 
     g = clip(grad loss, grad_clip);  theta <- AdamW(theta, g, lr(step))                  (`train_step`)
     theta_ema <- d theta_ema + (1 - d) theta,   d = min(ema_decay, (1 + n) / (10 + n))    (`make_ema`)
 
+With ``TrainConfig(objective="flow")`` the loss is flow matching instead (`diffedu.flow.flow_loss`, lesson 10):
+t in [0, 1] (logit-normal by default), the velocity eps - x0 as the target, and no noise schedule (pass None).
+
 lr(step) warms up linearly over ``warmup_steps``, then stays constant or follows a cosine to 0
 (`learning_rate`). Around the step: bf16 autocast on CUDA, label dropout for classifier-free
 guidance, a progress bar, previews through a callback, atomic checkpoints that hold only state
