@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, record  # noqa: E402
+from record import RESULTS, quality_figures, record  # noqa: E402
 
 from diffedu.checkpoints import weights_dir  # noqa: E402
 from diffedu.course.plotting import image_grid  # noqa: E402
@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"(floor {scores['fid_self_floor']:.2f}), confident {scores['confident_fraction']:.3f}, "
                       f"{seconds:.1f} s")
                 for metric, value, unit in (
-                    ("fid_self", scores["fid_self"], "dimensionless"),
-                    ("fid_self_floor", scores["fid_self_floor"], "dimensionless"),
-                    ("kid_self", scores["kid_self"], "dimensionless"),
-                    ("confident_fraction", scores["confident_fraction"], "fraction"),
+                    *quality_figures(scores),
                     ("sample_seconds", seconds, f"s for {args.samples} samples"),
                 ):
                     record("flow_matching", metric, value, unit, profile=args.profile, device="cpu", settings=settings)

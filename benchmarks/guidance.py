@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, record  # noqa: E402
+from record import RESULTS, quality_figures, record  # noqa: E402
 
 from diffedu.course.plotting import image_grid  # noqa: E402
 from diffedu.data import load_dataset  # noqa: E402
@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = {**base, "guidance": w}
         for metric, value, unit in (
             ("class_accuracy", accuracy, "fraction"),
-            ("fid_self", scores["fid_self"], "dimensionless"),
-            ("fid_self_floor", scores["fid_self_floor"], "dimensionless"),
-            ("kid_self", scores["kid_self"], "dimensionless"),
-            ("confident_fraction", scores["confident_fraction"], "fraction"),
+            *quality_figures(scores),
             ("within_class_spread", spread, "feature distance"),
             ("real_within_class_spread", real_spread, "feature distance"),
             ("sample_seconds", per_batch, f"s per batch of {args.batch}"),

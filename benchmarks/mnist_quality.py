@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS, record  # noqa: E402
+from record import RESULTS, quality_figures, record  # noqa: E402
 
 from diffedu.course.plotting import image_grid  # noqa: E402
 from diffedu.metrics import evaluate_samples  # noqa: E402
@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         benchmarks = ["ddim_steps"] + (["mnist_train"] if name == "ddpm" else [])
         for bench in benchmarks:
             for metric, value, unit in (
-                ("fid_self", scores["fid_self"], "dimensionless"),
-                ("fid_self_floor", scores["fid_self_floor"], "dimensionless"),
-                ("kid_self", scores["kid_self"], "dimensionless"),
-                ("confident_fraction", scores["confident_fraction"], "fraction"),
+                *quality_figures(scores),
                 ("sample_seconds", per_batch, f"s per batch of {args.batch}"),
             ):
                 record(bench, metric, value, unit, profile=args.profile, device=device, settings=settings)

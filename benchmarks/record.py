@@ -41,3 +41,13 @@ def record(benchmark: str, metric: str, value: float, unit: str, *, profile: str
         f.write(json.dumps(row) + "\n")
     print(f"{benchmark}: {metric} = {value:.6g} {unit}  ({row['device']}, profile {profile})")
     return row
+
+
+def quality_figures(scores: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """The sample-quality figures of `diffedu.metrics.evaluate_samples` as (metric, value, unit) rows for `record`."""
+    return [
+        ("fid_self", scores["fid_self"], "dimensionless"),
+        ("fid_self_floor", scores["fid_self_floor"], "dimensionless"),
+        ("kid_self", scores["kid_self"], "dimensionless"),
+        ("confident_fraction", scores["confident_fraction"], "fraction"),
+    ]

@@ -3,7 +3,8 @@
 Two parts. The **library** is what the lessons build, one module per concept, named after the math:
 
 - the math of diffusion: `schedules`, `forward` (q_sample), `predictions` (eps / x0 / v), `losses`,
-  `samplers` (DDPM, DDIM), `guidance` (classifier-free guidance);
+  `samplers` (DDPM, DDIM), `guidance` (classifier-free guidance), `flow` (flow matching and the
+  probability-flow ODE);
 - the networks, ordinary `nn.Module`s with a config: `models.layers`, `models.unet`, `models.mlp`,
   `models.vae`, `models.text` (tokenizer and text encoder), `models.classifier` (the FID_self yardstick);
 - training: `train` (the loop and `TrainConfig`), `ema`, `checkpoints`, `train_cli` (``python -m

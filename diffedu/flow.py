@@ -23,7 +23,7 @@ Euler step of dy/dsigma = eps_theta(x, t) (Song, Meng & Ermon 2021, section 4.3)
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from diffedu.schedules import NoiseSchedule
 
 __all__ = [
     "FLOW_SAMPLERS", "TIME_SAMPLINGS", "TIME_SCALE", "ddim_as_euler_step", "euler_step", "flow_loss", "flow_path",
-    "flow_sample", "flow_timesteps", "flow_velocity", "nfe", "path_straightness", "pf_ode_sigma", "record_trajectory",
+    "flow_sample", "flow_timesteps", "flow_velocity", "nfe", "path_straightness", "pf_ode_sigma",
     "sample_flow_time", "velocity",
 ]
 
@@ -238,8 +238,3 @@ def path_straightness(trajectory: Tensor) -> Tensor:
     length = (flat[1:] - flat[:-1]).norm(dim=-1).sum(0)  # (B,)
     chord = (flat[-1] - flat[0]).norm(dim=-1)  # (B,)
     return length / chord.clamp_min(1e-12)
-
-
-def record_trajectory(points: list[Tensor]) -> Callable[[dict[str, Any]], None]:
-    """A sampler callback that appends each new x to ``points`` (start it with x_T for the whole path)."""
-    return lambda info: points.append(info["x"].detach().cpu())

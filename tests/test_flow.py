@@ -23,7 +23,6 @@ from diffedu.flow import (
     nfe,
     path_straightness,
     pf_ode_sigma,
-    record_trajectory,
     sample_flow_time,
 )
 from diffedu.metrics import energy_distance
@@ -161,7 +160,8 @@ def test_flow_matching_learns_the_moons_and_beats_ddim_at_two_calls():
     ddim2 = ddim_sample(eps_result.ema, schedule, x_T.shape, steps=2, x_T=x_T, progress=False)
     assert energy_distance(flow2, data[:1000]) < energy_distance(ddim2, data[:1000])
     points = [x_T[:10]]
-    flow_sample(result.ema, (10, 2), steps=50, x_T=x_T[:10], callback=record_trajectory(points), progress=False)
+    flow_sample(result.ema, (10, 2), steps=50, x_T=x_T[:10], callback=lambda info: points.append(info["x"]),
+                progress=False)
     assert len(points) == 51 and path_straightness(torch.stack(points)).mean() < 1.2
 
 
@@ -218,22 +218,8 @@ def test_the_lesson_checks_name_the_common_mistakes():
         checks.check_euler_step(lambda x, t, t_next, v: x + (t - t_next) * v)
     assert checks.check_euler_step(euler_step) is euler_step
 
-    def heun_without_euler_end(model, x_T, steps, callback=None):  # noqa: N803
-        times = torch.linspace(1, 0, steps + 1).tolist()
-        x = x_T
-        for i in range(steps):
-            t, t_next = times[i], times[i + 1]
-            v = model(x, torch.full((x.shape[0],), t * TIME_SCALE))
-            guess = x + (t_next - t) * v
-            v2 = model(guess, torch.full((x.shape[0],), t_next * TIME_SCALE))
-            new = x + (t_next - t) * 0.5 * (v + v2)
-            if callback is not None:
-                callback({"i": i, "t": t, "x": new, "pred_x0": x - t * v})
-            x = new
-        return x
-
     with pytest.raises(ExerciseError, match="plain Euler step"):
-        checks.check_heun_sample(heun_without_euler_end)
+        checks.check_heun_sample(lambda m, x, n, cb=None: _heun(m, x, n, cb, euler_last=False))
 
     def skipped(model, x_T, steps, callback=None):  # noqa: N803
         raise NotImplementedError()
@@ -245,22 +231,8 @@ def test_the_lesson_checks_name_the_common_mistakes():
 
 
 def test_the_heun_check_compares_what_the_callback_gets_and_the_loss_check_the_reduction():
-    def heun_pred_from_new(model, x_T, steps, callback=None):  # noqa: N803
-        times = torch.linspace(1, 0, steps + 1).tolist()
-        x = x_T
-        for i in range(steps):
-            t, t_next = times[i], times[i + 1]
-            v = model(x, torch.full((x.shape[0],), t * TIME_SCALE))
-            new = x + (t_next - t) * v
-            if t_next > 0:
-                new = x + (t_next - t) * 0.5 * (v + model(new, torch.full((x.shape[0],), t_next * TIME_SCALE)))
-            if callback is not None:
-                callback({"i": i, "t": t, "x": new, "pred_x0": new - t * v})
-            x = new
-        return x
-
     with pytest.raises(ExerciseError, match="pred_x0 is computed from the new point"):
-        checks.check_heun_sample(heun_pred_from_new)
+        checks.check_heun_sample(lambda m, x, n, cb=None: _heun(m, x, n, cb, pred_from_new=True))
 
     def per_example(model, x0, t, eps):
         tb = t.reshape(-1, *([1] * (x0.ndim - 1)))
@@ -269,3 +241,19 @@ def test_the_heun_check_compares_what_the_callback_gets_and_the_loss_check_the_r
 
     with pytest.raises(ExerciseError, match="mean over all elements"):
         checks.check_flow_loss(per_example)
+
+
+def _heun(model, x_T, steps, callback=None, *, euler_last=True, pred_from_new=False):  # noqa: N803
+    """A learner's Heun sampler, written out; ``euler_last=False`` or ``pred_from_new=True`` give wrong answers."""
+    times = torch.linspace(1, 0, steps + 1).tolist()
+    x = x_T
+    for i in range(steps):
+        t, t_next = times[i], times[i + 1]
+        v = model(x, torch.full((x.shape[0],), t * TIME_SCALE))
+        new = x + (t_next - t) * v
+        if t_next > 0 or not euler_last:
+            new = x + (t_next - t) * 0.5 * (v + model(new, torch.full((x.shape[0],), t_next * TIME_SCALE)))
+        if callback is not None:
+            callback({"i": i, "t": t, "x": new, "pred_x0": (new if pred_from_new else x) - t * v})
+        x = new
+    return x
