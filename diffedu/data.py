@@ -6,7 +6,8 @@ substitutes random data:
 
 1. torchvision's files in ``cache_dir() / "torchvision"``, downloaded there when the network is
    reachable (probed first, so that an offline machine fails in seconds); DIFFEDU_OFFLINE=1 skips it.
-2. ``$DIFFEDU_DATA``: a folder of ``.npz`` files such as ``mnist_train.npz`` (``x`` uint8, ``y``).
+2. ``$DIFFEDU_DATA``: a folder of ``.npz`` files such as ``mnist_train.npz`` (``x`` uint8, ``y``); set to
+   something that is not a folder, it is an error rather than a silent fall-back.
 3. A small real sample bundled with the package, with a ``SampleDataWarning``.
 4. Otherwise one ``DataNotFoundError`` that says what was tried and how to get the data.
 
@@ -216,8 +217,12 @@ def _sources(name: str, split: str, tried: list[str], probe: bool) -> Iterator[t
     names = [f"{name}_{split}.npz"]
     if name == "cifar10":  # the full set as JPEG first, then the lossless subset
         names += [f"cifar10_jpeg_{split}.npz", f"cifar10_exact_{split}.npz"]
-    if not folder or not Path(folder).expanduser().is_dir():
-        tried.append(f"DIFFEDU_DATA={folder}: no such folder" if folder else "DIFFEDU_DATA: not set")
+    if folder and not Path(folder).expanduser().is_dir():
+        what = "is a file, not a folder" if Path(folder).expanduser().exists() else "does not exist"
+        raise DataNotFoundError(f"DIFFEDU_DATA={folder} {what}: point it at the folder that holds {names[0]} (and "
+                                f"the other .npz files), or unset it")
+    if not folder:
+        tried.append("DIFFEDU_DATA: not set")
     elif not (paths := [p for p in (Path(folder).expanduser() / f for f in names) if p.is_file()]):
         tried.append(f"DIFFEDU_DATA={folder}: no {' or '.join(names)} there")
     else:
@@ -273,11 +278,15 @@ def load_dataset(name: str, split: str = "train", *, limit: int | None = None,
             f"(arrays x: uint8 images (N, H, W) or (N, H, W, 3), y: (N,) integer labels).")
     log.info("%s (%s) from %s; skipped: %s", name, split, source, "; ".join(tried) or "nothing")
     if kind == "sample":
+        unusable = [t for t in tried if t.startswith("DIFFEDU_DATA=")]
         warnings.warn(
             f"{name} ({split}): a small sample bundled with diffedu, {len(y)} of "
-            f"{FULL_SIZES[name][SPLITS.index(split)]} images, not the full dataset. For the full set connect "
+            f"{FULL_SIZES[name][SPLITS.index(split)]} images, not the full dataset"
+            + (f" ({unusable[0]})" if unusable else "") + ". For the full set connect "
             f"to the internet and run again (torchvision downloads it), or, offline, set DIFFEDU_DATA to a "
             f"folder of .npz files such as {name}_{split}.npz.", SampleDataWarning, stacklevel=2)
+    if len(y) == 0:
+        raise ValueError(f"{source} holds no images ({name}, {split} split): replace the file, or unset DIFFEDU_DATA")
     xt, yt = _to_nchw(np.asarray(x)[:limit], np.asarray(y)[:limit], name, source)
     xt = uint8_to_float(xt) if dtype == "float32" else xt
     return ImageData(name, split, xt, yt, CLASS_NAMES[name], source, kind == "sample")

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffedu.forward import check_data, check_noise
 from diffedu.guidance import guided_output
+from diffedu.provenance import resolve
 from diffedu.samplers import Callback, eval_mode, model_device, progress_bar, randn
 from diffedu.schedules import NoiseSchedule
 
@@ -107,11 +109,13 @@ def flow_loss(model: Callable[..., Tensor], x0: Tensor, t: Tensor | None = None,
     ``t`` (B,) in [0, 1] and ``eps`` (shaped like x0) are drawn from ``generator`` when not given (t by
     ``time_sampling``).
     """
+    check_data(x0, "x0")
     if t is None:
         t = sample_flow_time(x0.shape[0], time_sampling, generator=generator, device=x0.device)
     if eps is None:
         gen_device = generator.device if generator is not None else x0.device
         eps = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+    check_noise(eps, x0)
     t = _as_batch_times(t, x0)
     if t.shape != (x0.shape[0],):
         raise ValueError(f"t must hold one time per example, shape ({x0.shape[0]},), got {tuple(t.shape)}")
@@ -173,6 +177,7 @@ def flow_sample(
     The callback gets {"i", "t", "x", "pred_x0"} after each step: x at the new time and the model's
     estimate of the clean image, pred_x0 = x - t v (the end of the straight line through x).
     """
+    resolve(model, None, None, False, "flow_sample")  # refuses a diffusion model
     if sampler not in FLOW_SAMPLERS:
         raise ValueError(f"unknown flow sampler {sampler!r}; choose one of {', '.join(map(repr, FLOW_SAMPLERS))}")
     times = flow_timesteps(steps, shift)  # checks steps and shift

@@ -11,6 +11,8 @@ so a noisy image at any step is one line, with eps ~ N(0, I):
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -32,8 +34,7 @@ def q_sample(x0: Tensor, t: Tensor, eps: Tensor, schedule: NoiseSchedule) -> Ten
     """
     check_data(x0, "x0")
     check_timesteps(t, x0, schedule)
-    if eps.shape != x0.shape:
-        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    check_noise(eps, x0)
     abar = broadcast_to(schedule.alphas_cumprod, t, x0)  # (B, 1, ..., 1)
     return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
 
@@ -64,8 +65,20 @@ def check_timesteps(t: Tensor, x: Tensor, schedule: NoiseSchedule) -> None:
         )
 
 
+def check_noise(eps: Tensor, x0: Tensor) -> None:
+    """Refuse noise that does not match the data: another shape, dtype or device."""
+    if not isinstance(eps, Tensor):
+        raise TypeError(f"eps must be a tensor shaped like x0 {tuple(x0.shape)}, got {type(eps).__name__}")
+    if eps.shape != x0.shape:
+        raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}, got {tuple(eps.shape)}")
+    if eps.dtype != x0.dtype or eps.device != x0.device:
+        raise TypeError(f"eps is a {eps.dtype} tensor on {eps.device}, x0 a {x0.dtype} tensor on {x0.device}; "
+                        f"draw the noise like the data: torch.randn_like(x0)")
+
+
 def check_data(x: Tensor, name: str = "x0") -> None:
-    """Refuse data that is not a float tensor or is far outside [-1, 1] (values checked on the CPU only)."""
+    """Refuse data that is not a float tensor, is empty, holds NaN or is far outside [-1, 1]; warn about
+    images in [0, 1]. Values are checked on the CPU only."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -75,11 +88,34 @@ def check_data(x: Tensor, name: str = "x0") -> None:
         )
     if x.ndim < 2:
         raise ValueError(f"{name} must be batched, shape (B, ...), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch, shape {tuple(x.shape)}: give at least one example")
     if x.device.type != "cpu" or not x.numel():
         return  # on a GPU, reading the peak back would stall each step; `train` checks its data once
-    peak = x.detach().abs().max().item()
-    if not peak < MAX_ABS_DATA:  # also catches NaN
+    finite = torch.isfinite(x.detach()).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise ValueError(f"{name} holds NaN or infinite values in {len(bad)} of {x.shape[0]} examples (the first at "
+                         f"index {bad[0]}); drop or repair them, e.g. {name}[torch.isfinite({name}).flatten(1).all(1)]")
+    lo, hi = x.detach().aminmax()
+    peak = max(-lo.item(), hi.item())
+    if not peak < MAX_ABS_DATA:
         raise ValueError(
             f"{name} has values up to {peak:.4g}, far outside [-1, 1]; diffusion expects data scaled to "
             "about [-1, 1] (for 0..255 images use x / 127.5 - 1)"
         )
+    if looks_like_unit_images(x, lo.item(), hi.item()):
+        warnings.warn(UNIT_IMAGES, DataRangeWarning, stacklevel=3)
+
+
+class DataRangeWarning(UserWarning):
+    """Images in [0, 1] given where the course's diffusion expects [-1, 1]."""
+
+
+UNIT_IMAGES = ("the images lie in [0, 1], but diffusion here expects [-1, 1]: the noise is N(0, 1) around data "
+               "centred on 0, and samplers clamp to [-1, 1]. Rescale them with x * 2 - 1")
+
+
+def looks_like_unit_images(x: Tensor, lo: float, hi: float) -> bool:
+    """Images (B, 1 or 3, H, W) whose values all lie in [0, 1] and reach above 0.5: pixels never rescaled."""
+    return x.ndim == 4 and x.shape[1] in (1, 3) and lo >= 0 and 0.5 < hi <= 1

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffedu.checkpoints import atomic_save, weights_dir
+from diffedu.checkpoints import atomic_save, check_fits, read_file, weights_dir
 from diffedu.devices import default_device
 from diffedu.metrics import SmallSampleWarning, evaluate_samples
 from diffedu.models.unet import UNetConfig
@@ -126,10 +126,9 @@ def load_vae(name_or_path: str | Path = "mnist_vae", device: torch.device | str 
     if not path.is_file():
         raise FileNotFoundError(f"no VAE weights at {path}; train one with diffedu.models.vae.train_vae and save it with "
                                 f"diffedu.latent.save_vae (benchmarks/latent.py --export does both for MNIST)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != VAE_FORMAT:
-        raise ValueError(f"{path} is not a VAE weights file (write those with diffedu.latent.save_vae)")
+    payload = read_file(path, VAE_FORMAT, "Delete it and save it again (diffedu.latent.save_vae)")
     vae = VAE(VAEConfig(**payload["config"]))
+    check_fits(vae, payload["state_dict"], path, "VAE", payload["config"])
     vae.load_state_dict(payload["state_dict"])
     device = torch.device(device) if device is not None else default_device()
     return vae.to(device).eval(), {"name": payload["name"], "record": payload["record"], "path": path}

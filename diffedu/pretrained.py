@@ -15,10 +15,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffedu.checkpoints import atomic_save, ema_weights, load_checkpoint, weights_dir, weights_payload
+from diffedu.checkpoints import (
+    atomic_save,
+    check_fits,
+    ema_weights,
+    load_checkpoint,
+    read_file,
+    weights_dir,
+    weights_payload,
+)
 from diffedu.devices import default_device
 from diffedu.models.unet import UNet, UNetConfig
-from diffedu.schedules import SCHEDULES, NoiseSchedule, make_schedule, schedule_from_betas
+from diffedu.provenance import Provenance, attach
+from diffedu.schedules import (
+    SCHEDULES,
+    NoiseSchedule,
+    make_schedule,
+    schedule_from_betas,
+)
 
 FORMAT = "diffedu-weights"
 MAX_FP32_BYTES = 10 * 2**20  # above this the weights are stored in float16
@@ -72,6 +86,9 @@ def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.devi
     sched = state["schedule"]
     schedule = schedule_from_betas(sched["betas"], sched["name"]) if sched is not None else None
     device = torch.device(device) if device is not None else default_device()
+    flow = state["train_config"].get("objective", "diffusion") == "flow"
+    attach(model, Provenance.of("flow" if flow else state["train_config"].get("prediction", "eps"), schedule,
+                                images=bool(state.get("images", False)), source=f"the checkpoint {checkpoint}"))
     schedule = schedule.to(device) if schedule is not None else None
     return model.to(device).eval(), schedule, {"step": state["step"], "seconds": state["seconds"],
                                                           "train_config": state["train_config"]}
@@ -95,15 +112,9 @@ def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None 
                 f"    {RECIPES[name]}")
         raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(map(repr, names)) or 'none'}"
                          + (f" (trainable with the CLI: {', '.join(map(repr, RECIPES))})" if RECIPES else ""))
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read weights file {path} ({type(exc).__name__}); delete it and export it "
-                         "again") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a diffusion model's weights file (write those with export_weights); "
-                         f"available: {', '.join(map(repr, available(folder))) or 'none'}")
+    payload = read_file(path, FORMAT, f"Delete it and export it again ({RECIPES.get(name, 'export_weights')})")
     model = UNet(UNetConfig(**payload["model_config"]))
+    check_fits(model, payload["state_dict"], path, payload.get("model_class"), payload["model_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     device = torch.device(device) if device is not None else default_device()
     sched = payload["schedule"]
@@ -113,4 +124,8 @@ def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None 
         schedule = (make_schedule(sched["name"], sched["T"]) if sched["name"] in SCHEDULES
                     else schedule_from_betas(sched["betas"], sched["name"])).to(device)
     info = {k: payload[k] for k in ("name", "prediction", "model_config", "step", "record", "dtype")}
+    # Files exported before the flag existed: a latent model's record names its VAE; the others are pixel models.
+    images = bool(payload.get("images", "vae" not in payload["record"]))
+    attach(model, Provenance.of(payload["prediction"], schedule, images=images, source=f"the shipped weights {name!r}"
+                                if directory is None else f"the weights {path}"))
     return model.to(device).eval(), schedule, {**info, "path": path}

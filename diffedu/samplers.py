@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from diffedu.guidance import cfg_combine, expand_uncond, guided_output  # noqa: F401 (re-exported)
 from diffedu.predictions import Prediction, check_prediction, eps_from_x0, to_x0_and_eps
+from diffedu.provenance import resolve
 from diffedu.schedules import NoiseSchedule
 
 Callback = Callable[[dict[str, Any]], None]
@@ -72,9 +73,9 @@ def ddpm_sample(
     cond: Tensor | None = None,
     guidance: float | None = None,
     uncond: Tensor | None = None,
-    prediction: Prediction = "eps",
+    prediction: Prediction | None = None,
     variance: Variance = "beta",
-    clip_x0: bool = False,
+    clip_x0: bool | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> Tensor:
@@ -90,12 +91,15 @@ def ddpm_sample(
         cond: conditioning passed through to the model: (B,) labels or (B, L) token ids.
         guidance: classifier-free guidance scale w (None: off, the model sees cond alone).
         uncond: the null condition for guidance, one row (e.g. torch.tensor(K)) or a batch like cond.
-        prediction: what the model outputs ("eps", "x0" or "v").
+        prediction: what the model outputs ("eps", "x0" or "v"); None: the model's own (see
+            `diffedu.provenance`), "eps" for a model that does not record it.
         variance: sigma_t^2 = beta_t or beta-tilde_t.
         clip_x0: clamp the predicted x_0 to [-1, 1] at each step (helps images; leave off for other data).
+            None: on for a model trained on images in [-1, 1], off otherwise (`diffedu.provenance`).
         device: where to sample; defaults to the model's device.
         progress: show a progress bar.
     """
+    prediction, clip_x0 = resolve(model, schedule, prediction, clip_x0, "ddpm_sample")
     check_prediction(prediction)
     device = torch.device(device) if device is not None else model_device(model)
     x = randn(shape, generator, device) if x_T is None else x_T.to(device)
@@ -301,8 +305,8 @@ def ddim_sample(
     cond: Tensor | None = None,
     guidance: float | None = None,
     uncond: Tensor | None = None,
-    prediction: Prediction = "eps",
-    clip_x0: bool = False,
+    prediction: Prediction | None = None,
+    clip_x0: bool | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> Tensor:
@@ -320,6 +324,7 @@ def ddim_sample(
         The others as in `ddpm_sample`; `callback` gets {"i", "t", "x", "pred_x0"} after each step,
         with x the new x_{t_prev}.
     """
+    prediction, clip_x0 = resolve(model, schedule, prediction, clip_x0, "ddim_sample")
     check_prediction(prediction)
     _check_eta(eta)
     timesteps = ddim_timesteps(schedule.T, steps, spacing)  # checks steps and spacing
@@ -352,7 +357,7 @@ def ddim_invert(
     cond: Tensor | None = None,
     guidance: float | None = None,
     uncond: Tensor | None = None,
-    prediction: Prediction = "eps",
+    prediction: Prediction | None = None,
     callback: Callback | None = None,
     progress: bool = True,
 ) -> Tensor:
@@ -372,6 +377,7 @@ def ddim_invert(
     `cond`, `guidance` and `uncond` work as in `ddim_sample` (invert and sample with the same ones).
     The callback gets {"i", "t", "x", "pred_x0"} with x the new x_t.
     """
+    prediction, _ = resolve(model, schedule, prediction, False, "ddim_invert")
     check_prediction(prediction)
     timesteps = ddim_timesteps(schedule.T, steps, spacing)[::-1]  # ascending: 0 .. T - 1
     x = x0

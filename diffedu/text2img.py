@@ -30,12 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from diffedu.captions import Captioner
-from diffedu.checkpoints import atomic_save, load_checkpoint, weights_dir, weights_payload
+from diffedu.checkpoints import atomic_save, check_fits, load_checkpoint, read_file, weights_dir, weights_payload
 from diffedu.devices import default_device
 from diffedu.latent import load_vae
 from diffedu.models.layers import CrossAttention
-from diffedu.models.text import TextEncoder, TextEncoderConfig, Tokenizer
+from diffedu.models.text import TextEncoder, TextEncoderConfig, Tokenizer, check_prompts
 from diffedu.models.unet import UNet, UNetConfig, mnist_small
+from diffedu.provenance import Provenance, attach
 from diffedu.samplers import ddim_sample
 from diffedu.schedules import make_schedule
 
@@ -128,7 +129,7 @@ class Text2Img(nn.Module):
 
     def encode(self, prompts: str | Sequence[str], *, warn: bool = True) -> Tensor:
         """Token ids (B, L) of the prompts, on the model's device (a single prompt gives B = 1)."""
-        tokens = self.tokenizer.encode([prompts] if isinstance(prompts, str) else list(prompts), warn=warn)
+        tokens = self.tokenizer.encode(check_prompts(prompts), warn=warn)
         return tokens.to(_device(self))
 
     def empty_prompt(self) -> Tensor:
@@ -161,7 +162,7 @@ def generate(model: Text2Img, schedule: Any, prompts: str | Sequence[str], *, n_
     which decodes its samples. ``clip_x0`` (clamp the predicted x_0 to [-1, 1]) defaults to True for pixels and
     False for latents, which are not confined to [-1, 1].
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = check_prompts(prompts)
     if not prompts or n_per_prompt < 1:
         raise ValueError("give at least one prompt and n_per_prompt >= 1")
     _check_vae(model, vae)
@@ -326,17 +327,15 @@ def load_text2img(name: str = "mnist_text", device: torch.device | str | None = 
         recipe = RECIPES.get(name)
         raise FileNotFoundError(f"no text-to-image weights {name!r} at {path}"
                                 + (f"; make them with:\n    {recipe}" if recipe else ""))
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read {path} ({type(exc).__name__}); delete it and export it again") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a text-to-image weights file (write those with export_text2img)")
+    payload = read_file(path, FORMAT, "Delete it and export it again" + (f" ({RECIPES[name]})" if name in RECIPES else ""))
     model = Text2Img.from_config_dict(payload["model_config"])
+    check_fits(model, payload["state_dict"], path, payload.get("model_class"), None)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     schedule = make_schedule(payload["schedule"]["name"], payload["schedule"]["T"])
     device = torch.device(device) if device is not None else default_device()
     info = {k: payload[k] for k in ("name", "prediction", "step", "record", "dtype")}
+    attach(model, Provenance.of(payload["prediction"], schedule, images=model.config.vae is None,
+                                source=f"the text-to-image weights {name!r}"))
     info["captioner"] = Captioner.from_state(payload["captioner"]) if payload.get("captioner") else None
     info["path"] = path
     info["vae"] = None

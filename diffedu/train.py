@@ -30,11 +30,14 @@ Beside it: the EMA in `diffedu.ema`, checkpoint files in `diffedu.checkpoints`, 
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
@@ -50,8 +53,10 @@ from diffedu.device_data import DeviceImages, draw_flips, draw_indices, rank_sli
 from diffedu.devices import default_device
 from diffedu.ema import EMA, EMA_IMPLS, ema_update, make_ema
 from diffedu.flow import TIME_SAMPLINGS, TimeSampling, flow_loss, sample_flow_time
+from diffedu.forward import UNIT_IMAGES, DataRangeWarning
 from diffedu.losses import ddpm_loss
 from diffedu.predictions import Prediction, check_prediction
+from diffedu.provenance import Provenance, attach
 from diffedu.schedules import NoiseSchedule
 
 # The EMA and the checkpoint functions live in diffedu.ema and diffedu.checkpoints; they are named here too
@@ -338,6 +343,10 @@ def train(
         raise ValueError("objective='flow' uses no noise schedule (its path is (1 - t) x0 + t eps): pass "
                          "schedule=None, so that the checkpoint does not claim one")
     schedule = schedule.to(device) if schedule is not None else None
+    data_range = _check_values(data)
+    images = data.is_image and -1.0 <= data_range[0] and data_range[1] <= 1.0
+    attach(model, Provenance.of("flow" if config.objective == "flow" else config.prediction, schedule, images=images,
+                                source="trained by diffedu.train" + (f" into {checkpoint}" if checkpoint else "")))
     model.to(device).train()
     channels_last = config.channels_last and data.is_image
     if channels_last:
@@ -350,13 +359,15 @@ def train(
     step, seconds_before, losses = 0, 0.0, []
     flow = config.objective == "flow"
     path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None and world.is_main:
+        prepare_checkpoint_path(path)  # a folder that cannot take it fails now, not after the training
     if path is not None and resume and path.exists():
         state = load_checkpoint(path, model)
-        step, seconds_before, losses = _restore(state, model, ema, optimizer, generator, config, path, world)
+        step, seconds_before, losses = _restore(state, model, ema, optimizer, generator, config, path, world,
+                                                schedule)
     step_model = distributed.wrap_model(model, world)  # DDP: gradients averaged over the ranks
     # Static shapes: the batch never changes, and a graph specialised to it is the fastest one.
     step_model = torch.compile(step_model, dynamic=False) if config.compile else step_model
-    data_range = data.value_range()
     sync_every = 1 if device.type == "cpu" and not world.enabled else SYNC_EVERY  # a CPU read costs nothing
     start, paused, start_step, pending = time.perf_counter(), 0.0, step, []
     seconds = lambda: seconds_before + time.perf_counter() - start - paused  # noqa: E731 (previews excluded)
@@ -369,7 +380,7 @@ def train(
         nonlocal saved_step, last_save
         if world.is_main:
             save_checkpoint(path, model=model, ema=ema, optimizer=optimizer, step=step, seconds=seconds(),
-                            losses=losses, generator=generator, config=config, schedule=schedule)
+                            losses=losses, generator=generator, config=config, schedule=schedule, images=images)
         saved_step, last_save = step, seconds()
 
     def budget_spent() -> bool:
@@ -432,7 +443,8 @@ def train(
         bar.close()
     _flush(pending, losses, step, config, data_range, path, world)
     if path is not None and step != saved_step:
-        save()
+        with _sigint_held():  # a second Ctrl-C must not cost the run its last checkpoint
+            save()
     distributed.barrier(world)  # no rank leaves (and reads the checkpoint again) before rank 0 has written it
     if interrupted and world.is_main:
         where = f"saved to {path}; run again to resume" if path is not None else "kept in memory (no checkpoint path)"
@@ -460,13 +472,27 @@ def _as_device_images(data: Tensor | DeviceImages, labels: Tensor | None, device
 
 def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel | None, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, config: TrainConfig, path: Path,
-             world: distributed.DistributedInfo | None = None) -> tuple[int, float, list[float]]:
+             world: distributed.DistributedInfo | None = None, schedule: NoiseSchedule | None = None
+             ) -> tuple[int, float, list[float]]:
     world = world or distributed.DistributedInfo()
     saved_objective = state["train_config"].get("objective", "diffusion")
     if saved_objective != config.objective:
         raise CheckpointError(f"checkpoint {path} was trained with objective={saved_objective!r}, this run asks for "
                               f"{config.objective!r}: the two learn different targets. Use another checkpoint path, "
                               f"or TrainConfig(objective={saved_objective!r})")
+    saved_prediction = state["train_config"].get("prediction", "eps")
+    if saved_prediction != config.prediction:
+        raise CheckpointError(f"checkpoint {path} was trained to predict {saved_prediction!r}, this run asks for "
+                              f"{config.prediction!r}: resuming would switch the target halfway. Use another "
+                              f"checkpoint path, or TrainConfig(prediction={saved_prediction!r})")
+    saved = state.get("schedule")
+    ours = schedule.betas.detach().cpu().float() if schedule is not None else None
+    if ours is not None and saved is not None and (
+            saved["T"] != schedule.T or not torch.allclose(saved["betas"].float(), ours, rtol=1e-4, atol=1e-7)):
+        raise CheckpointError(f"checkpoint {path} was trained with the {saved['name']!r} schedule (T = {saved['T']}), "
+                              f"this run passes the {schedule.name!r} schedule (T = {schedule.T}): the model would be "
+                              f"asked for noise levels it did not learn. Use another checkpoint path, or "
+                              f"make_schedule({saved['name']!r}, {saved['T']})")
     try:
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -561,6 +587,53 @@ def _deferred_sigint() -> Iterator[threading.Event]:
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold off Ctrl-C for the block (the final checkpoint write): a press only prints that it is saving."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum) or print(
+        "\nstill saving the checkpoint: it takes a moment, and an interrupt now would lose it"))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def prepare_checkpoint_path(path: Path) -> None:
+    """Before training: refuse a checkpoint path that is a folder or cannot be written; remove the
+    temporary files that interrupted writes of this checkpoint left behind."""
+    if path.is_dir():
+        raise CheckpointError(f"the checkpoint path {path} is a folder; give a file path such as {path / 'model.pt'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        probe.close()
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the checkpoint {path} ({exc.strerror or exc}): choose a folder you can "
+                              f"write to, before training, so that the run is not lost") from None
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _check_values(data: DeviceImages) -> tuple[float, float]:
+    """(min, max) of the whole training set, after refusing NaN or inf in any example (one pass, once)."""
+    if data.x.is_floating_point():
+        finite = torch.isfinite(data.x).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"the training data hold NaN or infinite values in {len(bad)} of {len(finite)} examples "
+                             f"(the first at index {bad[0]}): drop or repair them before training, e.g. "
+                             f"x[torch.isfinite(x).flatten(1).all(1)]")
+    lo, hi = data.value_range()
+    if data.is_image and lo >= 0 and 0.5 < hi <= 1 and data.x.shape[1] in (1, 3):
+        warnings.warn(UNIT_IMAGES, DataRangeWarning, stacklevel=3)
+    return lo, hi
 
 
 def _model_config(model: nn.Module) -> Any:

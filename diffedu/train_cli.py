@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -60,6 +61,20 @@ def profile_name(name: str | None = None) -> str:
 PRESETS = ("mnist_small", "mnist_patch", "cifar10_small", "ddpm_cifar10")
 
 
+def positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above 0 (at least 0 with `zero`), refused with a message otherwise."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not (value >= 0 if zero else value > 0) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {'at least 0' if zero else 'above 0'}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def main(argv: list[str] | None = None) -> TrainResult:
     """``python -m diffedu.train --dataset mnist --preset mnist_small --minutes 10 --out runs/mnist.pt``.
 
@@ -72,38 +87,38 @@ def main(argv: list[str] | None = None) -> TrainResult:
     p.add_argument("--preset", choices=PRESETS, default="mnist_small")
     p.add_argument("--profile", choices=tuple(DEFAULTS), default=None,
                    help="sizes the defaults; default: DIFFEDU_PROFILE, else by device")
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default: 0.5 quick, 10 cpu, 30 gpu)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--minutes", type=positive(float), default=None, help="wall-clock budget (default: 0.5 quick, 10 cpu, 30 gpu)")
+    p.add_argument("--steps", type=positive(int), default=None)
     p.add_argument("--out", type=Path, required=True, help="checkpoint path; resumed if it exists")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive(int), default=None,
                    help="the global batch, over all processes (default: 32 quick/cpu, 128 gpu)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-base-batch", type=int, default=None, metavar="B0",
+    p.add_argument("--lr", type=positive(float), default=1e-3)
+    p.add_argument("--lr-base-batch", type=positive(int), default=None, metavar="B0",
                    help="--lr is for batch B0: scale it to --batch-size with --lr-scaling")
     p.add_argument("--lr-scaling", choices=LR_SCALINGS, default="sqrt")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default="constant")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 20 quick, 100 cpu, 200 gpu)")
+    p.add_argument("--warmup", type=positive(int, zero=True), default=None, help="warm-up steps (default: 20 quick, 100 cpu, 200 gpu)")
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--T", type=int, default=1000)
+    p.add_argument("--T", type=positive(int), default=1000)
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--objective", choices=OBJECTIVES, default="diffusion",
                    help="diffusion (eps-prediction on --schedule) or flow (flow matching: no schedule; lesson 10)")
     p.add_argument("--time-sampling", choices=TIME_SAMPLINGS, default="logit_normal",
                    help="flow matching's training times (default: SD3's logit-normal)")
-    p.add_argument("--min-snr-gamma", type=float, default=None, metavar="G",
+    p.add_argument("--min-snr-gamma", type=positive(float), default=None, metavar="G",
                    help="weight the loss by min(SNR, G) (Hang et al. 2023; 5 is usual); default: plain mean")
     p.add_argument("--conditional", action="store_true", help="class-conditional, with label dropout 0.1")
     p.add_argument("--flip", action="store_true", help="random horizontal flips (CIFAR-10; not digits)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first LIMIT training images")
+    p.add_argument("--limit", type=positive(int), default=None, help="use only the first LIMIT training images")
     p.add_argument("--device", default=None)
     p.add_argument("--amp", choices=AMP_MODES, default="auto")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--fused-adam", action="store_true")
     p.add_argument("--ema-impl", choices=EMA_IMPLS, default="foreach")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--checkpoint-every", type=positive(int), default=500, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on a busy shared CPU)")
+    p.add_argument("--threads", type=positive(int), default=None, help="CPU threads (1 is faster on a busy shared CPU)")
     p.add_argument("--export", metavar="NAME", default=None, help="also write diffedu/weights/NAME.pt (EMA weights)")
     args = p.parse_args(argv)
 
@@ -111,11 +126,11 @@ def main(argv: list[str] | None = None) -> TrainResult:
     world = distributed.init_distributed(args.device)  # one process unless started by torchrun
     device = world.device if world.enabled or args.device else default_device()
     minutes = args.minutes if args.minutes is not None else DEFAULTS[profile]["minutes"]
-    batch_size = args.batch_size or DEFAULTS[profile]["batch_size"]
+    batch_size = args.batch_size if args.batch_size is not None else DEFAULTS[profile]["batch_size"]
     lr = args.lr if args.lr_base_batch is None else scale_learning_rate(args.lr, batch_size, args.lr_base_batch,
                                                                          args.lr_scaling)
     warmup = args.warmup if args.warmup is not None else DEFAULTS[profile]["warmup"]
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     say = print if world.is_main else (lambda *a, **k: None)
     images = load_dataset(args.dataset, "train", limit=args.limit, dtype="uint8")  # scaled batch by batch

@@ -192,7 +192,8 @@ def test_nothing_found_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
                  "connect to the internet", "mnist_train.npz"):
         assert part in message
     monkeypatch.setenv("DIFFEDU_DATA", str(tmp_path / "missing"))
-    with pytest.raises(data.DataNotFoundError, match="missing: no such folder"):
+    with pytest.raises(data.DataNotFoundError,
+                       match="missing does not exist: point it at the folder that holds fashion_mnist_test.npz"):
         data.load_dataset("fashion_mnist", "test")
     monkeypatch.setenv("DIFFEDU_DATA", str(tmp_path))
     with pytest.raises(data.DataNotFoundError, match="no cifar10_test.npz or cifar10_jpeg_test.npz or"):

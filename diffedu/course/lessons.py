@@ -79,6 +79,22 @@ def make_lesson(solution: nbformat.NotebookNode, name: str = "notebook") -> nbfo
             cell.source = clear_regions(cell.source, BEGIN_SOLUTION, END_SOLUTION, stub, where)
         if BEGIN_HIDDEN in cell.source:
             cell.source = clear_regions(cell.source, BEGIN_HIDDEN, END_HIDDEN, None, where)
+        for marker, begin in ((END_SOLUTION, BEGIN_SOLUTION), (END_HIDDEN, BEGIN_HIDDEN)):
+            if any(line.strip() == marker for line in cell.source.splitlines()):  # left over: no BEGIN before it
+                raise LessonError(f"{where}: '{marker}' without '{begin}' (it would be copied into the student "
+                                  f"notebook); remove it or add the '{begin}' line")
+    return nb
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    """A solution notebook, or one `LessonError` naming the file when it is not a readable notebook."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    except Exception as exc:  # not JSON, JSON but not a notebook, an invalid cell, an unreadable file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LessonError(f"{path} is not a valid Jupyter notebook ({first[:200]}); restore it from git "
+                          f"(git checkout -- {path}) or open and re-save it in JupyterLab") from None
     return nb
 
 
@@ -94,7 +110,7 @@ def generate(solutions: Path, lessons: Path, *, check: bool = False) -> list[str
         raise LessonError(f"no notebooks in {solutions}")
     expected_names = {p.name for p in sources}
     for path in sources:
-        lesson = notebook_text(make_lesson(nbformat.read(path, as_version=4), path.name))
+        lesson = notebook_text(make_lesson(read_notebook(path), path.name))
         target = lessons / path.name
         if not target.exists() or target.read_text() != lesson:
             stale.append(path.name)
@@ -115,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lessons", type=Path, default=Path("lessons"))
     parser.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
     args = parser.parse_args(argv)
-    stale = generate(args.solutions, args.lessons, check=args.check)
+    try:
+        stale = generate(args.solutions, args.lessons, check=args.check)
+    except LessonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         for name in stale:
             print(f"out of date: lessons/{name} (run: python -m diffedu.course.lessons)")

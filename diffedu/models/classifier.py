@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffedu.checkpoints import weights_dir
+from diffedu.checkpoints import atomic_save, check_fits, read_file, weights_dir
 from diffedu.data import DATASETS, IMAGE_SHAPES, load_dataset, uint8_to_float
 from diffedu.device_data import DeviceImages, image_batch
 from diffedu.devices import device_name
@@ -371,12 +371,7 @@ def save_classifier(model: Classifier, record: dict[str, Any], path: str | os.Pa
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"state_dict": state, "config": config, "test_accuracy": float(record["test_accuracy"]),
                "record": _plain(record)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_save(payload, path)
     return path
 
 
@@ -389,8 +384,10 @@ def load_classifier(dataset: str = "mnist", device: str | torch.device | None = 
         raise FileNotFoundError(
             f"no classifier weights for {dataset!r} at {file}. Train them (full data via DIFFEDU_DATA or "
             f"torchvision) with:\n  python -m diffedu.models.classifier --dataset {dataset} --out {file}")
-    payload = torch.load(file, map_location="cpu", weights_only=True)
+    payload = read_file(file, "classifier", f"Delete it and train it again (python -m diffedu.models.classifier "
+                                             f"--dataset {dataset} --out {file})")
     model = Classifier(ClassifierConfig(**payload["config"]))
+    check_fits(model, payload["state_dict"], file, "Classifier", payload["config"])
     model.load_state_dict(payload["state_dict"])
     model.metadata = {"test_accuracy": payload["test_accuracy"], **payload.get("record", {}), "path": str(file)}
     return model.to(device if device is not None else "cpu").eval()

@@ -72,6 +72,25 @@ def encode(text: str, ids: dict[str, int], max_length: int) -> Tensor:
     return torch.tensor(row, dtype=torch.int64)
 
 
+#: Words that carry no content of their own: left out where the vocabulary is listed for a learner.
+FUNCTION_WORDS = frozenset({"a", "an", "and", "the", "of", "that", "looks", "image", "digit", "handwritten", "with",
+                            "is", "in"})
+
+
+def check_prompts(prompts: object) -> list[str]:
+    """``prompts`` as a list of strings (one string: a list of one); anything else is a TypeError naming it."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__} {prompts!r}; "
+                        f"for example 'a thick seven'")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt {i} is {type(prompt).__name__} {prompt!r}, not a string; every prompt must be "
+                            f"text, e.g. 'a thick seven' ('' for no prompt)")
+    return list(prompts)
+
+
 class Tokenizer:
     """Word-level tokenizer with a fixed vocabulary: ids 0, 1, 2 are PAD, BOS, UNK, then the words in order.
 
@@ -119,8 +138,7 @@ class Tokenizer:
         """Ids of one prompt, (max_length,), or of a list of prompts, (B, max_length): [BOS, words..., PAD...]."""
         if isinstance(text, str):
             return self._encode_one(text, warn)
-        if not isinstance(text, Sequence) or not all(isinstance(t, str) for t in text):
-            raise TypeError(f"encode takes a prompt (str) or a list of prompts, got {type(text).__name__}")
+        check_prompts(text)
         if len(text) == 0:
             return torch.zeros(0, self.max_length, dtype=torch.int64)
         return torch.stack([self._encode_one(t, warn) for t in text])
@@ -131,8 +149,9 @@ class Tokenizer:
         if warn:
             unknown = self.unknown_words(text)
             if unknown:
+                known = [w for w in self.words if w not in FUNCTION_WORDS]
                 warnings.warn(f"unknown words in {text!r}: {', '.join(map(repr, unknown))} became {UNK} (the model "
-                              f"never saw them). Known words include: {', '.join(self.words[:12])}, ...",
+                              f"never saw them). The words it knows: {', '.join(known)} (and a, the, of, ...)",
                               UnknownWordWarning, stacklevel=3)
             if len(words) > room:
                 warnings.warn(f"the prompt {text!r} has {len(words)} words, more than the {room} that fit "

@@ -327,11 +327,25 @@ class UNet(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         c = self.config
         expected = (c.in_channels, c.image_size, c.image_size)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"UNet expects x as a tensor (B, {c.in_channels}, {c.image_size}, {c.image_size}), "
+                            f"got {type(x).__name__}")
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"UNet expects x of shape (B, {c.in_channels}, {c.image_size}, {c.image_size}) "
                 f"(in_channels={c.in_channels}, image_size={c.image_size}), got {tuple(x.shape)}"
             )
+        weight = self.stem.weight
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"UNet expects float images in [-1, 1], got {x.dtype}; convert pixels with "
+                            f"x.float() / 127.5 - 1")
+        autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
+        if x.dtype != weight.dtype and not autocast:
+            raise TypeError(f"x is {x.dtype} but the UNet's weights are {weight.dtype}; pass x.to({weight.dtype}) "
+                            f"(or convert the model with model.to({x.dtype}))")
+        if x.device != weight.device:
+            raise ValueError(f"x is on {x.device} but the UNet is on {weight.device}; move one of them: "
+                             f"x.to({str(weight.device)!r}) or model.to({str(x.device)!r})")
 
     def _check_context(self, context: Tensor | None, context_mask: Tensor | None, batch: int) -> None:
         d = self.config.context_dim
@@ -359,6 +373,15 @@ class UNet(nn.Module):
             raise ValueError(
                 f"t must be a scalar or have shape ({batch},) to match x, got shape {tuple(t.shape)}"
             )
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"t must hold timesteps (integers, or floats for flow matching), got {t.dtype}")
+        if t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"t holds NaN or infinite timesteps: {t.tolist()[:8]}")
+            if bool((t < 0).any()):
+                raise ValueError(f"t holds negative timesteps (down to {t.min().item():.4g}); timesteps run from 0 "
+                                 f"(clean) upwards: check how they were computed (an index of -1 is not the last step "
+                                 f"here)")
         return t
 
     def _labels(self, cond: Tensor | None, batch: int) -> Tensor:

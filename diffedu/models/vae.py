@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffedu.checkpoints import atomic_save
+from diffedu.checkpoints import atomic_save, read_file
 from diffedu.devices import default_device
 from diffedu.models.layers import Downsample, group_norm
 
@@ -443,9 +443,7 @@ def train_vae(vae: VAE, data: Tensor, config: VAETrainConfig, *, device: torch.d
     step, seconds_before, history = 0, 0.0, {"losses": [], "recon": [], "kl": []}
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != "diffedu-vae-checkpoint":
-            raise ValueError(f"{path} is not a VAE training checkpoint (written by train_vae); use another path")
+        state = read_file(path, "diffedu-vae-checkpoint", "Delete it to start afresh, or use another path")
         if state["config"] != asdict(vae.config):
             raise ValueError(f"{path} was trained with VAEConfig({state['config']}), not {vae.config}; build the VAE "
                              "with that config or use another checkpoint path")

@@ -20,8 +20,10 @@ skipped exercise fails too, so an autograder such as nbgrader gives no marks for
 
 from __future__ import annotations
 
+import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +32,7 @@ from diffedu.course.grading import grading_enabled, set_grading
 from diffedu.schedules import linear_beta_schedule
 
 __all__ = ["Case", "ExerciseError", "ExerciseSkipped", "Mistake", "check_exercise", "check_module",
-           "grading_enabled", "set_grading", "tiny_schedule"]
+           "grading_enabled", "seeded", "set_grading", "tiny_schedule"]
 
 
 class ExerciseError(AssertionError):
@@ -80,21 +82,42 @@ def check_exercise(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     fallback: Callable[..., Any] | None = None,
+    before: Callable[[Callable[..., Any]], None] | None = None,
+    after: Callable[[Callable[..., Any]], None] | None = None,
 ) -> Callable[..., Any]:
     """Compare `learner` with `reference` on `cases`; see the module docstring for what follows.
 
-    `fallback` is what a skipped exercise continues with, when it is not `reference` itself.
+    `fallback` is what a skipped exercise continues with, when it is not `reference` itself. `before(learner)`
+    and `after(learner)` are further checks (raising `ExerciseError`), run before the cases and after they
+    agree: a mistake they name beats the plain "wrong answer" (`before`), or needs a right answer first (`after`).
     """
-    for case in cases:
+    if before is not None:
         try:
-            got = learner(*case.args, **case.kwargs)
+            with seeded(CHECK_SEED):
+                before(learner)
+        except ExerciseError:
+            raise
+        except Exception:  # NotImplementedError (skipped) or the learner's bug: the cases below tell it
+            pass
+    for case in cases:
+        before = _tensor_inputs(learner, case)
+        try:
+            with seeded(CHECK_SEED):  # the same draws every run, for the learner and the reference alike
+                got = learner(*case.args, **case.kwargs)
         except NotImplementedError:
             return _skipped(name, fallback or reference)
         except Exception as err:  # the learner's bug, told plainly
             raise ExerciseError(
                 f"{name} raised {type(err).__name__}: {err}\n  on the test case: {case.describe}"
             ) from err
-        expected = reference(*case.args, **case.kwargs)
+        changed = [arg for arg, value in before if not _unchanged(value, _argument(learner, case, arg))]
+        if changed:
+            raise ExerciseError(
+                f"{name} changed its input {', '.join(changed)} in place (on the test case: {case.describe}).\n  "
+                f"An in-place operation (x.mul_(...), x += ..., x[...] = ...) alters the caller's tensor: compute a "
+                f"new tensor instead (x * a), and leave the inputs as they were")
+        with seeded(CHECK_SEED):
+            expected = reference(*case.args, **case.kwargs)
         problem = _compare(got, expected, atol, rtol)
         if problem is None:
             continue
@@ -110,9 +133,44 @@ def check_exercise(
                 message.append(f"Likely mistake: {mistake.describe}")
                 break
         raise ExerciseError("\n  ".join(message))
+    if after is not None:
+        with seeded(CHECK_SEED):
+            after(learner)
     agree = "1 test case agrees" if len(cases) == 1 else f"{len(cases)} test cases agree"
     print(f"✓ {name} is correct ({agree} with diffedu's reference).")
     return learner
+
+
+CHECK_SEED = 1234
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global generator seeded, then restore the caller's generator state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _tensor_inputs(fn: Callable[..., Any], case: Case) -> list[tuple[str, Tensor]]:
+    """(name, copy) of every tensor argument of the case, named as `fn`'s parameters where it can tell."""
+    named = _bound(fn, case)
+    return [(arg, value.detach().clone()) for arg, value in named.items() if isinstance(value, Tensor)]
+
+
+def _bound(fn: Callable[..., Any], case: Case) -> dict[str, Any]:
+    try:
+        return dict(inspect.signature(fn).bind(*case.args, **case.kwargs).arguments)
+    except (TypeError, ValueError):  # a signature the case does not fit: the call itself will say so
+        return {**{f"argument {k}": v for k, v in enumerate(case.args)}, **case.kwargs}
+
+
+def _argument(fn: Callable[..., Any], case: Case, name: str) -> Any:
+    return _bound(fn, case)[name]
+
+
+def _unchanged(before: Tensor, now: Tensor) -> bool:
+    return before.shape == now.shape and bool(torch.equal(before, now.detach()))
 
 
 def _skipped(name: str, reference: Callable[..., Any]) -> Callable[..., Any]:
