@@ -166,3 +166,81 @@ def test_jupyterlab_is_shut_down_when_a_step_fails(tmp_path):
         os.killpg(group, 0)  # nothing of the server's process group is left
     with socket.create_server(("127.0.0.1", lab.port)):  # and its port is free again
         pass
+
+
+# ---------------------------------------------------------------------------------------------- exercise feedback
+
+WRONG = {  # a likely slip in each exercise: the check should name it, and show nothing of its own code
+    "q_sample": ("def q_sample(x0, t, eps, schedule):\n"
+                 "    abar = schedule.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
+                 "    return abar.sqrt() * x0 + (1 - abar) * eps\n"),
+    "ddpm_step": ("def ddpm_step(x_t, t, eps, schedule, noise):\n"
+                  "    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]\n"
+                  "    x_prev = (x_t + beta / (1 - abar).sqrt() * eps) / alpha.sqrt()\n"
+                  "    return x_prev + beta.sqrt() * noise if t > 0 else x_prev\n"),
+}
+FEEDBACK = [("01_forward_noising.ipynb", "q_sample", "the noise term lacks its square root"),
+            ("02_ddpm_loss.ipynb", "ddpm_step", "a sign: the predicted noise is subtracted")]
+
+
+def solution_source(lesson: str, name: str) -> str:
+    """The exercise cell of the solution, without the nbgrader markers: a right answer."""
+    cells = nbformat.read(ROOT / "solutions" / lesson, as_version=4).cells
+    source = next(c.source for c in cells if f"def {name}(" in c.source and "### BEGIN SOLUTION" in c.source)
+    return "\n".join(line for line in source.splitlines() if "### " not in line)
+
+
+def check_output(page, name: str, marker: str, timeout: float = 240) -> str:
+    """Run all cells and return the text under the exercise's check cell once it shows `marker`."""
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    cell = active_notebook(page).locator(".jp-CodeCell").filter(has_text=f"checks.check_{name}(").first
+    output = cell.locator(".jp-OutputArea").first
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = output.inner_text() if output.count() else ""
+        if marker in text:
+            cell.scroll_into_view_if_needed()
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"the check of {name} never showed {marker!r}; its output: {text[-2000:]!r}")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("lesson, name, mistake", FEEDBACK, ids=[f[0].split("_")[0] for f in FEEDBACK])
+def test_exercise_feedback_as_a_learner_sees_it(lab, page, lesson, name, mistake):
+    """Skipped, wrong (typed into the cell, as a learner does), then right: each answer's check output, with a
+    screenshot; the wrong one is a short box that names the mistake and shows no line of the check's code."""
+    number = lesson.split("_")[0]
+    check_source = (ROOT / "diffedu" / "course" / "checks" / f"lesson{number}.py").read_text()
+    code_lines = {line.strip() for line in check_source.splitlines() if len(line.strip()) > 25}
+    ARTIFACTS.mkdir(exist_ok=True)
+    for variant in ("skipped", "wrong", "right"):
+        nb = nbformat.read(ROOT / "lessons" / lesson, as_version=4)
+        exercise = next(c for c in nb.cells if f"def {name}(" in c.source and "YOUR CODE HERE" in c.source)
+        if variant == "right":
+            exercise.source = solution_source(lesson, name)
+        path = lab.root / "feedback" / f"{variant}_{lesson}"
+        path.parent.mkdir(exist_ok=True)
+        nbformat.write(nb, path)
+        open_notebook(lab, page, f"feedback/{path.name}")
+        if variant == "wrong":  # typed into the exercise cell, replacing the blank
+            editor = active_notebook(page).locator(".jp-CodeCell").filter(has_text=f"def {name}(").first
+            editor.locator(".cm-content").first.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.insert_text(WRONG[name])
+        marker = {"skipped": "you skipped this exercise", "wrong": "ExerciseError", "right": "is correct"}[variant]
+        text = check_output(page, name, marker)
+        cell = active_notebook(page).locator(".jp-CodeCell").filter(has_text=f"checks.check_{name}(").first
+        cell.screenshot(path=str(ARTIFACTS / f"lesson{number}_check_{variant}.png"))
+        if variant == "wrong":
+            assert f"Likely mistake: {mistake}" in text and "expected" in text and "got" in text
+            assert "Traceback" not in text and "File " not in text
+            shown = [line for line in code_lines if line in text]
+            assert not shown, f"the feedback shows the check's code: {shown[:3]}"
+            assert len(text.splitlines()) <= 8, f"the feedback is not short:\n{text}"
+        elif variant == "right":
+            assert f"✓ {name} is correct" in text and "ExerciseError" not in text
+        else:
+            assert f"⏭ {name} still raises NotImplementedError" in text and "ExerciseError" not in text
+        lab.shutdown_kernels()

@@ -252,12 +252,17 @@ def test_evaluate_samples_uses_a_plugged_in_extractor() -> None:
     samples = metrics.real_images("fashion_mnist", "test", 300).x
     with pytest.warns(SmallSampleWarning):
         out = evaluate_samples(samples, "fashion_mnist", n_real=400, extractor=pixels_7x7, batch_size=200)
-    assert sum(calls) == 300 + 400 + 300   # samples, train reference, test floor
+    pool = len(metrics.real_images("fashion_mnist", "test", 300 * metrics.FLOOR_DRAWS))
+    assert sum(calls) == 300 + 400 + pool   # samples, train reference, the test images the floor draws from
     assert out["confident_fraction"] is None and out["class_histogram"] is None
-    assert out["fid_self"] == pytest.approx(out["fid_self_floor"], rel=1e-9)  # the samples are the floor's images
+    draws = out["fid_self_floor_draws"]
+    assert out["fid_self"] == pytest.approx(draws[0], rel=1e-9)  # the samples are the floor's first draw
+    assert len(draws) == metrics.FLOOR_DRAWS and len(set(draws)) == len(draws)  # other sets of real images
+    assert out["fid_self_floor"] == pytest.approx(sum(draws) / len(draws))
+    assert out["fid_self_floor_std"] == pytest.approx(torch.tensor(draws, dtype=torch.float64).std().item())
     with pytest.warns(SmallSampleWarning):
         evaluate_samples(samples, "fashion_mnist", n_real=400, extractor=pixels_7x7, batch_size=200)
-    assert sum(calls) == 2 * 300 + 400 + 300  # the real features came from the cache
+    assert sum(calls) == 2 * 300 + 400 + pool  # the real features came from the cache
 
 
 @pytest.mark.parametrize("samples, match", [

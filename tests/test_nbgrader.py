@@ -28,7 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "nbgrader"
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 ASSIGNMENT = "diffedu"
-STUDENTS = {"solver": ROOT / "solutions", "blank": ROOT / "lessons"}
+STUDENTS = {"solver": ROOT / "solutions", "blank": ROOT / "lessons", "slipped": ROOT / "lessons"}
+# The student "slipped" answers one exercise wrongly (and leaves the others blank).
+SLIP = ("01_forward_noising.ipynb", "q_sample",
+        "def q_sample(x0, t, eps, schedule):\n"
+        "    abar = schedule.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))\n"
+        "    return abar.sqrt() * x0 + (1 - abar) * eps\n")
 
 NBGRADER_CONFIG = """\
 c = get_config()
@@ -74,6 +79,11 @@ def course(tmp_path_factory) -> Path:
         submitted.mkdir(parents=True)
         for path in SOLUTIONS:
             shutil.copy(folder / path.name, submitted / path.name)
+        if student == "slipped":
+            lesson, name, wrong = SLIP
+            nb = nbformat.read(submitted / lesson, as_version=4)
+            next(c for c in nb.cells if f"def {name}(" in c.source and "YOUR CODE HERE" in c.source).source = wrong
+            nbformat.write(nb, submitted / lesson)
     took = nbgrader(course, "autograde", ASSIGNMENT, grading=True)
     print(f"autograde of {len(STUDENTS)} students x {len(SOLUTIONS)} notebooks: {took:.1f} s")
     timings = "\n".join(f"{path.relative_to(course / 'autograded')}: {seconds:.1f} s" for path, seconds
@@ -158,3 +168,18 @@ def test_autograde_gives_no_marks_for_blanks(course):
                 shown = "\n".join(line for out in cell.outputs if out.output_type == "error" for line in out.traceback)
                 assert "is not implemented yet" in shown and "File " not in shown and len(shown.splitlines()) <= 8, (
                     f"{nb_name}/{cell.metadata.nbgrader.grade_id}: the feedback shows\n{shown[:1000]}")
+
+
+def test_autograde_feedback_shows_expected_against_got_for_a_wrong_answer(course):
+    lesson, name, _ = SLIP
+    graded = scores(course, "slipped")
+    nb = nbformat.read(course / "autograded" / "slipped" / ASSIGNMENT / lesson, as_version=4)
+    check = next(c for c in nb.cells if f"checks.check_{name}(" in c.source)
+    assert graded[Path(lesson).stem][check.metadata.nbgrader.grade_id][0] == 0
+    errors = [out for out in check.outputs if out.output_type == "error"]
+    assert [out.ename for out in errors] == ["ExerciseError"]
+    shown = "\n".join(line for out in errors for line in out.traceback)
+    for part in ("gives the wrong answer on a small case", "expected [", "got      [",
+                 "Likely mistake: the noise term lacks its square root"):
+        assert part in shown, f"the grade report lacks {part!r}:\n{shown[:1500]}"
+    assert "File " not in shown and "lambda" not in shown and len(shown.splitlines()) <= 8

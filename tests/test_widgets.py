@@ -67,3 +67,26 @@ def test_ddim_explorer_refuses_values_out_of_range():
     assert explorer.steps_slider.value == 50
     explorer.eta_slider.value = -1.0
     assert explorer.eta_slider.value == 0.0
+
+
+def test_a_redraw_says_it_is_drawing_until_the_new_picture_is_up(monkeypatch):
+    from diffedu.course import widgets as widget_module
+
+    schedule = make_schedule("linear", T=100)
+    seen = []
+    real = widget_module.ddim_sample
+    explorer = widget_module.DDIMExplorer(_gaussian_eps_model(schedule), schedule, n=2, image_shape=(1, 8, 8),
+                                          steps=5, max_steps=50)
+    monkeypatch.setattr(widget_module, "ddim_sample",
+                        lambda *a, **k: seen.append(explorer.status.value) or real(*a, **k))
+    explorer.steps_slider.value = 7
+    assert "drawing 7 steps, eta = 0.00" in seen[-1]  # shown while the sampler runs, with the new value
+    assert "drawn in" in explorer.status.value and "drawing" not in explorer.status.value
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(widget_module, "ddim_sample", failing)
+    with pytest.raises(RuntimeError):
+        explorer.steps_slider.value = 9
+    assert "failed" in explorer.status.value  # not left saying "drawing" forever

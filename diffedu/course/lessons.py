@@ -138,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         for name in stale:
-            print(f"out of date: lessons/{name} (run: python -m diffedu.course.lessons)")
+            print(f"lessons/{name} differs from what solutions/{name} generates.")
+        if stale:
+            print("If you typed answers into lessons/, keep them: work in my-lessons/ (python -m diffedu.course copies "
+                  "the lessons there and never overwrites them) and move your answers over first, because "
+                  "regenerating (python -m diffedu.course.lessons) overwrites lessons/. If you changed solutions/, "
+                  "regenerate.")
         return 1 if stale else 0
     print(f"wrote {len(stale)} lesson(s)" + (f": {', '.join(stale)}" if stale else "; all were up to date"))
     return 0

@@ -100,3 +100,14 @@ def histogram_vs_normal(x: Tensor, ax, bins: int = 60, title: str = "pixel value
 
 
 __all__ = ["to_unit", "image_grid", "show_images", "show_points", "plot_loss", "animate_images", "histogram_vs_normal"]
+
+
+def plot_floor(ax: plt.Axes, scores: dict, n: int, what: str = "real digits") -> None:
+    """The FID_self floor of `evaluate_samples`: a dashed line at its mean over the draws of real images, in a
+    grey band of two standard deviations either side. A model inside the band is as close to the data as real
+    images are at this N; the band is wide at small N, so a point under the line there is no paradox."""
+    mean, sd = scores["fid_self_floor"], scores.get("fid_self_floor_std", 0.0)
+    draws = len(scores.get("fid_self_floor_draws", ())) or 1
+    ax.axhspan(mean - 2 * sd, mean + 2 * sd, color="0.88", zorder=0,
+               label=f"floor ± 2 sd ({draws} sets of {what})")
+    ax.axhline(mean, color="k", ls="--", lw=1, label=f"floor: {what}, N = {n}")

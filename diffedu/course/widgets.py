@@ -6,9 +6,11 @@ drew in `last_image`, so tests (and curious learners) can see what changed witho
 
 from __future__ import annotations
 
+import html
 import time
 import warnings
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -23,6 +25,28 @@ from diffedu.forward import q_sample
 from diffedu.samplers import ddim_sample, eval_mode, model_device
 from diffedu.schedules import NoiseSchedule, snr_db
 from diffedu.text2img import Text2Img, generate
+
+
+class BusySign(widgets.HTML):
+    """A label beside a widget's controls that says it is drawing, and for what, until the new picture is up.
+
+    On a busy laptop a redraw can take many seconds; without it the old picture and its title sit under the
+    new slider value. Use ``with sign.drawing("t = 120"):`` around the redraw.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(value="")
+
+    @contextmanager
+    def drawing(self, what: str) -> Iterator[None]:
+        self.value = f"<span style='color:#b35900'><b>&#8987; drawing {html.escape(what)} ...</b></span>"
+        started = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.value = "<span style='color:#b30000'>the redraw failed: see the message below</span>"
+            raise
+        self.value = f"<span style='color:#777'>drawn in {time.perf_counter() - started:.1f} s</span>"
 
 
 class ForwardNoisingExplorer(widgets.VBox):
@@ -47,12 +71,17 @@ class ForwardNoisingExplorer(widgets.VBox):
         self.schedule_choice = widgets.Dropdown(options=list(schedules), description="schedule")
         self.output = widgets.Output()
         self.last_image: np.ndarray | None = None
+        self.status = BusySign()
         self.t_slider.observe(self._redraw, names="value")
         self.schedule_choice.observe(self._redraw, names="value")
-        super().__init__([widgets.HBox([self.t_slider, self.schedule_choice]), self.output])
+        super().__init__([widgets.HBox([self.t_slider, self.schedule_choice, self.status]), self.output])
         self._redraw()
 
     def _redraw(self, change=None) -> None:
+        with self.status.drawing(f"t = {self.t_slider.value}, {self.schedule_choice.value}"):
+            self._draw()
+
+    def _draw(self) -> None:
         schedule = self.schedules[self.schedule_choice.value]
         t_value = min(self.t_slider.value, schedule.T - 1)
         t = torch.full((self.images.shape[0],), t_value, dtype=torch.long)
@@ -120,12 +149,17 @@ class DDIMExplorer(widgets.VBox):
         self.output = widgets.Output()
         self.last_image: np.ndarray | None = None
         self.last_samples: Tensor | None = None
+        self.status = BusySign()
         self.steps_slider.observe(self._redraw, names="value")
         self.eta_slider.observe(self._redraw, names="value")
-        super().__init__([widgets.HBox([self.steps_slider, self.eta_slider]), self.output])
+        super().__init__([widgets.HBox([self.steps_slider, self.eta_slider, self.status]), self.output])
         self._redraw()
 
     def _redraw(self, change=None) -> None:
+        with self.status.drawing(f"{self.steps_slider.value} steps, eta = {self.eta_slider.value:.2f}"):
+            self._draw()
+
+    def _draw(self) -> None:
         steps, eta = int(self.steps_slider.value), float(self.eta_slider.value)
         started = time.perf_counter()
         samples = ddim_sample(self.model, self.schedule, tuple(self.x_T.shape), steps=steps, eta=eta,
@@ -168,7 +202,7 @@ class FlowFieldExplorer(widgets.VBox):
         self.t_slider = widgets.FloatSlider(value=float(t), min=0.0, max=1.0, step=0.05, description="t",
                                             continuous_update=False, readout_format=".2f",
                                             layout=widgets.Layout(width="60%"))
-        self.status = widgets.Label()
+        self.status = BusySign()
         self.output = widgets.Output()
         self.last_field: tuple[Tensor, Tensor] | None = None
         self.last_points: Tensor | None = None
@@ -186,8 +220,11 @@ class FlowFieldExplorer(widgets.VBox):
         return x
 
     def _redraw(self, change=None) -> None:
+        with self.status.drawing(f"t = {self.t_slider.value:.2f}"):
+            self._draw()
+
+    def _draw(self) -> None:
         t_value = float(self.t_slider.value)
-        self.status.value = "drawing..."
         with torch.no_grad(), eval_mode(self.model):
             v = velocity(self.model, self.grid_points, t_value)  # (G*G, 2)
         points = self._points_at(t_value)
@@ -206,7 +243,6 @@ class FlowFieldExplorer(widgets.VBox):
             ax.legend(loc="lower right", fontsize=7)
             display(fig)
             plt.close(fig)
-        self.status.value = ""
 
 
 def prompt_explorer(model: Text2Img, schedule: Any, *, prompt: str = "a thick seven", guidance: float = 3.0,
@@ -222,10 +258,15 @@ def prompt_explorer(model: Text2Img, schedule: Any, *, prompt: str = "a thick se
                                 continuous_update=False)
     seed_box = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="180px"))
     output = widgets.Output()
-    box = widgets.VBox([widgets.HBox([text, scale, seed_box]), output])
-    box.last_images = None
+    status = BusySign()
+    box = widgets.VBox([widgets.HBox([text, scale, seed_box]), status, output])
+    box.last_images, box.status = None, status
 
     def draw(change: Any = None) -> Tensor:
+        with status.drawing(f"{text.value!r}, guidance {scale.value:g}, seed {seed_box.value}"):
+            return _draw()
+
+    def _draw() -> Tensor:
         with output:
             output.clear_output(wait=True)
             with warnings.catch_warnings(record=True) as caught:
