@@ -1,8 +1,9 @@
 """The real-vs-real floor of FID_self and KID: how far real images are from real images at N samples.
 
 For each dataset and sample count N, N TEST images are compared with a fixed reference of ``n_real``
-TRAIN images (both fixed random subsets, ``diffedu.metrics.real_images``), through the shipped classifier's penultimate features (exactly what
-``diffedu.metrics.evaluate_samples`` reports as ``fid_self_floor``). Both sets are real, so any
+TRAIN images (both fixed random subsets, ``diffedu.metrics.real_images``), through the shipped classifier's
+penultimate features: one draw of the floor (``diffedu.metrics.evaluate_samples`` reports the mean of
+``FLOOR_DRAWS`` such draws as ``fid_self_floor``, its first draw being this one). Both sets are real, so any
 distance above 0 is estimation error (plus the small train/test difference). FID's floor falls as N
 grows: the covariance fitted to N samples is noisy and that noise only adds to the distance, which is
 why an FID means something only beside the floor at the same N. KID is unbiased: its floor stays

@@ -47,7 +47,9 @@ def quality_figures(scores: dict[str, Any]) -> list[tuple[str, float, str]]:
     """The sample-quality figures of `diffedu.metrics.evaluate_samples` as (metric, value, unit) rows for `record`."""
     return [
         ("fid_self", scores["fid_self"], "dimensionless"),
-        ("fid_self_floor", scores["fid_self_floor"], "dimensionless"),
+        ("fid_self_floor", scores["fid_self_floor"], "dimensionless"),  # since 2026-12-02: the mean of 5 draws
+        *([("fid_self_floor_std", scores["fid_self_floor_std"], "dimensionless")]
+          if scores.get("fid_self_floor_std") is not None else []),
         ("kid_self", scores["kid_self"], "dimensionless"),
         ("confident_fraction", scores["confident_fraction"], "fraction"),
     ]

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from diffedu.provenance import guess_images
 from diffedu.schedules import SCHEDULES, NoiseSchedule
 
 __all__ = ["CheckpointError", "atomic_save", "check_fits", "ema_weights", "load_checkpoint", "read_file",
@@ -231,7 +232,7 @@ def weights_payload(state: dict[str, Any], *, file_format: str, name: str, recor
             "name": schedule["name"], "T": schedule["T"],
             **({"betas": schedule["betas"]} if schedule["name"] not in SCHEDULES else {})},
         "prediction": "flow" if flow else train_config["prediction"], "step": state["step"],
-        "images": bool(state.get("images", False)),
+        "images": bool(state["images"]) if "images" in state else guess_images(state["model_config"], record),
         "record": json.loads(json.dumps(record)),
     }
 

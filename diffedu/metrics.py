@@ -322,7 +322,9 @@ def evaluate_samples(samples: Tensor, dataset: str = "mnist", *, n_real: int = 1
 
     The FID floor is the mean over ``FLOOR_DRAWS`` random sets of N test images (from the first
     ``FLOOR_DRAWS * N`` of the fixed permutation, or all the test images if there are fewer), with its
-    standard deviation over the draws in ``fid_self_floor_std`` and the draws themselves in
+    standard deviation over the draws in ``fid_self_floor_std`` (None when there are fewer than 2N test images,
+    so that the draws cannot differ enough to estimate it; draws from 5N images overlap by a fifth on
+    average, which makes the spread a slight underestimate) and the draws themselves in
     ``fid_self_floor_draws`` (the first is the first N test images of the permutation).
 
     Returns {"fid_self", "fid_self_floor", "fid_self_floor_std", "fid_self_floor_draws", "kid_self", "kid_self_std",
@@ -351,7 +353,9 @@ def evaluate_samples(samples: Tensor, dataset: str = "mnist", *, n_real: int = 1
     return {
         "fid_self": frechet_distance(feats, ref_feats),
         "fid_self_floor": float(floor_draws.mean()),
-        "fid_self_floor_std": float(floor_draws.std()) if len(floor_draws) > 1 else 0.0,
+        # The draws differ only when there are more test images than N; with fewer than 2N they overlap too much
+        # for their spread to mean anything: None then (all draws are then nearly or exactly the same images).
+        "fid_self_floor_std": float(floor_draws.std()) if len(pool) >= 2 * n else None,
         "fid_self_floor_draws": floor_draws.tolist(),
         "kid_self": kid_mean,
         "kid_self_std": kid_std,

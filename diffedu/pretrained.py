@@ -26,7 +26,7 @@ from diffedu.checkpoints import (
 )
 from diffedu.devices import default_device
 from diffedu.models.unet import UNet, UNetConfig
-from diffedu.provenance import Provenance, attach
+from diffedu.provenance import Provenance, attach, guess_images
 from diffedu.schedules import (
     SCHEDULES,
     NoiseSchedule,
@@ -88,7 +88,8 @@ def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.devi
     device = torch.device(device) if device is not None else default_device()
     flow = state["train_config"].get("objective", "diffusion") == "flow"
     attach(model, Provenance.of("flow" if flow else state["train_config"].get("prediction", "eps"), schedule,
-                                images=bool(state.get("images", False)), source=f"the checkpoint {checkpoint}"))
+                                images=bool(state["images"]) if "images" in state else guess_images(state["model_config"]),
+                                source=f"the checkpoint {checkpoint}"))
     schedule = schedule.to(device) if schedule is not None else None
     return model.to(device).eval(), schedule, {"step": state["step"], "seconds": state["seconds"],
                                                           "train_config": state["train_config"]}
@@ -124,8 +125,7 @@ def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None 
         schedule = (make_schedule(sched["name"], sched["T"]) if sched["name"] in SCHEDULES
                     else schedule_from_betas(sched["betas"], sched["name"])).to(device)
     info = {k: payload[k] for k in ("name", "prediction", "model_config", "step", "record", "dtype")}
-    # Files exported before the flag existed: a latent model's record names its VAE; the others are pixel models.
-    images = bool(payload.get("images", "vae" not in payload["record"]))
+    images = bool(payload["images"]) if "images" in payload else guess_images(payload["model_config"], payload["record"])
     attach(model, Provenance.of(payload["prediction"], schedule, images=images, source=f"the shipped weights {name!r}"
                                 if directory is None else f"the weights {path}"))
     return model.to(device).eval(), schedule, {**info, "path": path}

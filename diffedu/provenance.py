@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from diffedu.schedules import NoiseSchedule
 
-__all__ = ["Provenance", "attach", "provenance_of", "resolve"]
+__all__ = ["Provenance", "attach", "guess_images", "provenance_of", "resolve"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,13 @@ class Provenance:
         if schedule is None:
             return cls(prediction, None, None, None, images, source)
         return cls(prediction, schedule.name, schedule.T, schedule.betas.detach().cpu().float(), images, source)
+
+
+def guess_images(model_config: dict[str, Any] | None, record: dict[str, Any] | None = None) -> bool:
+    """For files written before they recorded it: were the data images in [-1, 1]? A model with 1 or 3 input
+    channels whose record names no VAE was trained on pixels; latents have 4 channels here (and a VAE)."""
+    channels = (model_config or {}).get("in_channels")
+    return channels in (1, 3) and "vae" not in (record or {})
 
 
 def attach(model: nn.Module, provenance: Provenance) -> nn.Module:

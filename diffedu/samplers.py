@@ -373,7 +373,8 @@ def ddim_invert(
     An approximation: sampling from t to s uses eps at the noisier end (x_t, t), which is not yet
     known when inverting, so the inversion uses eps at the current point (x_s, s) instead. The two
     agree as the steps get small (or where eps barely changes along the path), so
-    `ddim_sample(x_T=ddim_invert(x0, steps=S), steps=S, eta=0)` returns close to x0, closer as S grows.
+    `ddim_sample(x_T=ddim_invert(x0, steps=S), steps=S, eta=0, clip_x0=False)` returns close to x0, closer as S
+    grows (pass clip_x0=False: the inversion never clamps, while `ddim_sample` clamps image models by default).
     `cond`, `guidance` and `uncond` work as in `ddim_sample` (invert and sample with the same ones).
     The callback gets {"i", "t", "x", "pred_x0"} with x the new x_t.
     """

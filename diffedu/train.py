@@ -442,13 +442,16 @@ def train(
     finally:
         bar.close()
     _flush(pending, losses, step, config, data_range, path, world)
+    pressed_during_save: list[int] = []
     if path is not None and step != saved_step:
-        with _sigint_held():  # a second Ctrl-C must not cost the run its last checkpoint
+        with _sigint_held() as pressed_during_save:  # a Ctrl-C must not cost the run its last checkpoint
             save()
     distributed.barrier(world)  # no rank leaves (and reads the checkpoint again) before rank 0 has written it
-    if interrupted and world.is_main:
+    if (interrupted or pressed_during_save) and world.is_main:
         where = f"saved to {path}; run again to resume" if path is not None else "kept in memory (no checkpoint path)"
         print(f"interrupted at step {step}: the state is {where}")
+    if pressed_during_save:  # asked to stop while the checkpoint was written: stop now that it is safe
+        raise KeyboardInterrupt
     images_per_second = (step - start_step) * config.batch_size / max(seconds() - seconds_before, 1e-9)
     return TrainResult(model, ema.module if ema is not None else None, losses, step, seconds(), images_per_second,
                        interrupted, path, config)
@@ -590,16 +593,17 @@ def _deferred_sigint() -> Iterator[threading.Event]:
 
 
 @contextlib.contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold off Ctrl-C for the block (the final checkpoint write): a press only prints that it is saving."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _sigint_held() -> Iterator[list[int]]:
+    """Hold off Ctrl-C for the block (the final checkpoint write): a press prints that it is saving and is
+    recorded in the yielded list, for the caller to stop once the block is done."""
     pressed: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
     previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum) or print(
         "\nstill saving the checkpoint: it takes a moment, and an interrupt now would lose it"))
     try:
-        yield
+        yield pressed
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 

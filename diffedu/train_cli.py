@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     p.add_argument("--preset", choices=PRESETS, default="mnist_small")
     p.add_argument("--profile", choices=tuple(DEFAULTS), default=None,
                    help="sizes the defaults; default: DIFFEDU_PROFILE, else by device")
-    p.add_argument("--minutes", type=positive(float), default=None, help="wall-clock budget (default: 0.5 quick, 10 cpu, 30 gpu)")
+    p.add_argument("--minutes", type=positive(float, zero=True), default=None,
+                   help="wall-clock budget; 0: none, train --steps (default: 0.5 quick, 10 cpu, 30 gpu)")
     p.add_argument("--steps", type=positive(int), default=None)
     p.add_argument("--out", type=Path, required=True, help="checkpoint path; resumed if it exists")
     p.add_argument("--batch-size", type=positive(int), default=None,

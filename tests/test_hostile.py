@@ -182,10 +182,12 @@ def test_an_empty_diffedu_data_folder_is_named_in_the_sample_warning(data_folder
 
 @pytest.mark.parametrize("flag", ["--batch-size", "--threads", "--steps", "--minutes", "--limit", "--checkpoint-every"])
 def test_zero_or_negative_options_are_refused_by_the_training_command(flag, capsys, tmp_path):
-    for value in ("0", "-2"):
+    values = ("-2",) if flag == "--minutes" else ("0", "-2")  # --minutes 0 means no time budget (train --steps)
+    for value in values:
         with pytest.raises(SystemExit):
             train_cli.main(["--out", str(tmp_path / "x.pt"), flag, value])
-        assert f"argument {flag}: must be above 0, got {value}" in capsys.readouterr().err
+        above = "at least 0" if flag == "--minutes" else "above 0"
+        assert f"argument {flag}: must be {above}, got {value}" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -339,12 +341,12 @@ def test_a_second_ctrl_c_during_the_final_save_does_not_lose_the_run(tmp_path, m
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_while_pressed)
     before, path = signal.getsignal(signal.SIGINT), tmp_path / "run.pt"
-    result = train(tiny_unet(), images(), LINEAR, TrainConfig(steps=50, batch_size=8, preview_every=1,
-                                                               checkpoint_every=1000),
-                   checkpoint=path, device="cpu", progress=False, callback=first_press)
-    assert result.interrupted and result.step == 3
+    with pytest.raises(KeyboardInterrupt):  # the second press stops the cell, but only once the save is done
+        train(tiny_unet(), images(), LINEAR, TrainConfig(steps=50, batch_size=8, preview_every=1, checkpoint_every=1000),
+              checkpoint=path, device="cpu", progress=False, callback=first_press)
     assert load_checkpoint(path)["step"] == 3
-    assert "still saving the checkpoint" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "still saving the checkpoint" in out and "interrupted at step 3: the state is saved to" in out
     assert signal.getsignal(signal.SIGINT) is before
 
 
@@ -429,3 +431,21 @@ def test_a_function_that_changes_its_inputs_in_place_is_told_so():
 
     with pytest.raises(ExerciseError, match=r"(?s)q_sample changed its input x0 in place.*compute a new tensor instead"):
         lesson01.check_q_sample(in_place)
+
+
+def test_any_iterable_of_strings_is_a_list_of_prompts():
+    from diffedu.models.text import check_prompts
+
+    assert check_prompts(p for p in ("a seven", "a thin one")) == ["a seven", "a thin one"]
+    assert check_prompts(np.array(["a seven"])) == ["a seven"] and type(check_prompts(np.array(["x"]))[0]) is str
+    with pytest.raises(TypeError, match="prompts must be a string or a list of strings, got bytes"):
+        check_prompts(b"a seven")
+
+
+def test_files_from_before_the_images_flag_are_guessed_from_their_config():
+    from diffedu.provenance import guess_images
+
+    assert guess_images({"in_channels": 1}) and guess_images({"in_channels": 3}, {"dataset": "cifar10"})
+    assert not guess_images({"in_channels": 4})  # latents
+    assert not guess_images({"in_channels": 1}, {"vae": "mnist_vae"})
+    assert provenance_of(load_pretrained("mnist_ddpm", "cpu")[0]).images  # shipped before the flag existed

@@ -32,12 +32,18 @@ def test_pick():
 
 
 def test_start_prints_the_set_up(capsys, monkeypatch):
+    import warnings
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(warnings, "showwarning", warnings._showwarning_orig)  # start() hooks it: undone after
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # start() sets the threads: not for the session
     monkeypatch.setenv("DIFFEDU_OFFLINE", "1")
     prof = start("Lesson X", datasets=("mnist",), profile="quick")
     out = capsys.readouterr().out
     assert prof.name == "quick"
     assert "Lesson X" in out and "device:" in out and "profile: quick" in out and "torch" in out
-    assert "data:    mnist:" in out
+    assert "data:    mnist:" in out and "CPU threads:" in out
+    assert torch.get_num_threads() == before
 
 
 @pytest.fixture

@@ -106,8 +106,15 @@ def plot_floor(ax: plt.Axes, scores: dict, n: int, what: str = "real digits") ->
     """The FID_self floor of `evaluate_samples`: a dashed line at its mean over the draws of real images, in a
     grey band of two standard deviations either side. A model inside the band is as close to the data as real
     images are at this N; the band is wide at small N, so a point under the line there is no paradox."""
-    mean, sd = scores["fid_self_floor"], scores.get("fid_self_floor_std", 0.0)
+    mean, sd = scores["fid_self_floor"], scores.get("fid_self_floor_std")
     draws = len(scores.get("fid_self_floor_draws", ())) or 1
-    ax.axhspan(mean - 2 * sd, mean + 2 * sd, color="0.88", zorder=0,
-               label=f"floor ± 2 sd ({draws} sets of {what})")
+    if sd is not None:  # None: too few real images for the draws to differ
+        ax.axhspan(mean - 2 * sd, mean + 2 * sd, color="0.88", zorder=0,
+                   label=f"floor ± 2 sd ({draws} sets of {what})")
     ax.axhline(mean, color="k", ls="--", lw=1, label=f"floor: {what}, N = {n}")
+
+
+def floor_text(scores: dict, digits: int = 2) -> str:
+    """The FID_self floor as text: "1.56 ± 0.08" (mean and spread over the draws), or "1.56" without a spread."""
+    sd = scores.get("fid_self_floor_std")
+    return f"{scores['fid_self_floor']:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")

@@ -95,4 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--allow-root" in command and "--allow-root" not in extra:
         print("running as root (a container?): starting JupyterLab with --allow-root")
     print(" ".join(command[1:]).replace("-m jupyterlab", "jupyter lab", 1))
+    if os.name == "posix":  # become JupyterLab: Ctrl-C reaches it alone, and it asks before shutting down
+        os.chdir(root)
+        os.execv(sys.executable, command)
     return subprocess.call(command, cwd=root)

@@ -81,14 +81,15 @@ def check_prompts(prompts: object) -> list[str]:
     """``prompts`` as a list of strings (one string: a list of one); anything else is a TypeError naming it."""
     if isinstance(prompts, str):
         return [prompts]
-    if not isinstance(prompts, Sequence):
+    if isinstance(prompts, (bytes, Tensor)) or not isinstance(prompts, Iterable):
         raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__} {prompts!r}; "
                         f"for example 'a thick seven'")
+    prompts = list(prompts)
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise TypeError(f"prompt {i} is {type(prompt).__name__} {prompt!r}, not a string; every prompt must be "
                             f"text, e.g. 'a thick seven' ('' for no prompt)")
-    return list(prompts)
+    return [str(p) for p in prompts]  # numpy's str_ becomes a plain str
 
 
 class Tokenizer:
@@ -138,7 +139,7 @@ class Tokenizer:
         """Ids of one prompt, (max_length,), or of a list of prompts, (B, max_length): [BOS, words..., PAD...]."""
         if isinstance(text, str):
             return self._encode_one(text, warn)
-        check_prompts(text)
+        text = check_prompts(text)
         if len(text) == 0:
             return torch.zeros(0, self.max_length, dtype=torch.int64)
         return torch.stack([self._encode_one(t, warn) for t in text])

@@ -339,7 +339,7 @@ class UNet(nn.Module):
         if not x.dtype.is_floating_point:
             raise TypeError(f"UNet expects float images in [-1, 1], got {x.dtype}; convert pixels with "
                             f"x.float() / 127.5 - 1")
-        autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
+        autocast = _autocast_on(x.device.type)
         if x.dtype != weight.dtype and not autocast:
             raise TypeError(f"x is {x.dtype} but the UNet's weights are {weight.dtype}; pass x.to({weight.dtype}) "
                             f"(or convert the model with model.to({x.dtype}))")
@@ -398,6 +398,16 @@ class UNet(nn.Module):
         if not torch.compiler.is_compiling() and bool(((cond < 0) | (cond > k)).any()):
             raise ValueError(f"cond holds labels outside 0..{k}: {cond.tolist()}; {hint}")
         return cond
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this device type (torch 2.3 has no device argument to is_autocast_enabled)."""
+    if device_type not in ("cpu", "cuda"):  # e.g. "meta" (lesson 03 counts FLOPs there): no autocast to ask about
+        return False
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def shape_trace(

@@ -100,7 +100,7 @@ def check_exercise(
         except Exception:  # NotImplementedError (skipped) or the learner's bug: the cases below tell it
             pass
     for case in cases:
-        before = _tensor_inputs(learner, case)
+        inputs = _tensor_inputs(learner, case)
         try:
             with seeded(CHECK_SEED):  # the same draws every run, for the learner and the reference alike
                 got = learner(*case.args, **case.kwargs)
@@ -110,7 +110,7 @@ def check_exercise(
             raise ExerciseError(
                 f"{name} raised {type(err).__name__}: {err}\n  on the test case: {case.describe}"
             ) from err
-        changed = [arg for arg, value in before if not _unchanged(value, _argument(learner, case, arg))]
+        changed = [arg for arg, value in inputs if not _unchanged(value, _argument(learner, case, arg))]
         if changed:
             raise ExerciseError(
                 f"{name} changed its input {', '.join(changed)} in place (on the test case: {case.describe}).\n  "
@@ -146,9 +146,9 @@ CHECK_SEED = 1234
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's global generator seeded, then restore the caller's generator state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """Run the block with torch's global CPU generator seeded, then restore the caller's state of it."""
+    with torch.random.fork_rng(devices=[]):  # saves and restores the CPU generator only
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which would reseed CUDA for good
         yield
 
 
