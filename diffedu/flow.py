@@ -32,7 +32,7 @@ from torch import Tensor
 from diffedu.forward import check_data, check_noise
 from diffedu.guidance import guided_output
 from diffedu.provenance import resolve
-from diffedu.samplers import Callback, eval_mode, model_device, progress_bar, randn
+from diffedu.samplers import Callback, eval_mode, progress_bar, start_noise
 from diffedu.schedules import NoiseSchedule
 
 __all__ = [
@@ -181,10 +181,7 @@ def flow_sample(
     if sampler not in FLOW_SAMPLERS:
         raise ValueError(f"unknown flow sampler {sampler!r}; choose one of {', '.join(map(repr, FLOW_SAMPLERS))}")
     times = flow_timesteps(steps, shift)  # checks steps and shift
-    device = torch.device(device) if device is not None else model_device(model)
-    x = randn(shape, generator, device) if x_T is None else x_T.to(device)
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape={tuple(shape)}")
+    x, device = start_noise(model, shape, x_T, generator, device)
 
     def v_at(x_: Tensor, t_: float) -> Tensor:
         return velocity(model, x_, t_, cond=cond, guidance=guidance, uncond=uncond)

@@ -92,11 +92,7 @@ def check_data(x: Tensor, name: str = "x0") -> None:
         raise ValueError(f"{name} is an empty batch, shape {tuple(x.shape)}: give at least one example")
     if x.device.type != "cpu" or not x.numel():
         return  # on a GPU, reading the peak back would stall each step; `train` checks its data once
-    finite = torch.isfinite(x.detach()).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten().tolist()
-        raise ValueError(f"{name} holds NaN or infinite values in {len(bad)} of {x.shape[0]} examples (the first at "
-                         f"index {bad[0]}); drop or repair them, e.g. {name}[torch.isfinite({name}).flatten(1).all(1)]")
+    check_finite(x, name)
     lo, hi = x.detach().aminmax()
     peak = max(-lo.item(), hi.item())
     if not peak < MAX_ABS_DATA:
@@ -106,6 +102,15 @@ def check_data(x: Tensor, name: str = "x0") -> None:
         )
     if looks_like_unit_images(x, lo.item(), hi.item()):
         warnings.warn(UNIT_IMAGES, DataRangeWarning, stacklevel=3)
+
+
+def check_finite(x: Tensor, name: str = "x0", var: str | None = None) -> None:
+    """Refuse a batch (B, ...) with NaN or inf in any example, naming how many and the first (on any device)."""
+    finite = torch.isfinite(x.detach()).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad, var = (~finite).nonzero().flatten().tolist(), var or name
+        raise ValueError(f"{name} holds NaN or infinite values in {len(bad)} of {x.shape[0]} examples (the first at "
+                         f"index {bad[0]}); drop or repair them, e.g. {var}[torch.isfinite({var}).flatten(1).all(1)]")
 
 
 class DataRangeWarning(UserWarning):

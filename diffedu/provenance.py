@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from diffedu.schedules import NoiseSchedule
 
-__all__ = ["Provenance", "attach", "guess_images", "provenance_of", "resolve"]
+__all__ = ["Provenance", "attach", "guess_images", "provenance_of", "resolve", "same_schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ def resolve(model: Any, schedule: NoiseSchedule | None, prediction: str | None, 
         raise ValueError(f"{sampler}: the model ({p.source}) was trained to predict {p.prediction!r}, but "
                          f"prediction={prediction!r} was asked; leave prediction out (the model's own is used) or "
                          f"pass prediction={p.prediction!r}")
-    if schedule is not None and p.betas is not None and not _same_schedule(schedule, p):
+    if schedule is not None and p.betas is not None and not same_schedule(p.betas, p.T, schedule):
         raise ValueError(f"{sampler}: the model ({p.source}) was trained with the {p.schedule!r} schedule "
                          f"(T = {p.T}), but it is being sampled with the {schedule.name!r} schedule (T = {schedule.T}); "
                          f"pass the schedule it was trained with (load_pretrained and model_from_checkpoint return "
@@ -93,7 +93,6 @@ def resolve(model: Any, schedule: NoiseSchedule | None, prediction: str | None, 
     return p.prediction, p.images if clip_x0 is None else bool(clip_x0)
 
 
-def _same_schedule(schedule: NoiseSchedule, p: Provenance) -> bool:
-    if schedule.T != p.T:
-        return False
-    return torch.allclose(schedule.betas.detach().cpu().float(), p.betas, rtol=1e-4, atol=1e-7)
+def same_schedule(betas: Tensor, T: int | None, schedule: NoiseSchedule) -> bool:  # noqa: N803
+    """Whether `schedule` is the one of these betas (recorded at training): the same T and betas."""
+    return schedule.T == T and torch.allclose(schedule.betas.detach().cpu().float(), betas.float(), rtol=1e-4, atol=1e-7)

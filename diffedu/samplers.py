@@ -101,10 +101,7 @@ def ddpm_sample(
     """
     prediction, clip_x0 = resolve(model, schedule, prediction, clip_x0, "ddpm_sample")
     check_prediction(prediction)
-    device = torch.device(device) if device is not None else model_device(model)
-    x = randn(shape, generator, device) if x_T is None else x_T.to(device)
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape={tuple(shape)}")
+    x, device = start_noise(model, shape, x_T, generator, device)
     with eval_mode(model):
         for i, t in enumerate(progress_bar(range(schedule.T - 1, -1, -1), progress, "DDPM")):
             pred_x0, eps = predict(
@@ -150,6 +147,16 @@ def predict(
         pred_x0 = pred_x0.clamp(-1, 1)
         eps = eps_from_x0(pred_x0, x_t, t_batch, schedule)
     return pred_x0, eps
+
+
+def start_noise(model: Callable[..., Tensor], shape: tuple[int, ...], x_T: Tensor | None,  # noqa: N803
+                generator: torch.Generator | None, device: torch.device | str | None) -> tuple[Tensor, torch.device]:
+    """The starting noise x_T (drawn when None) on the sampling device (`device`, else the model's), and that device."""
+    device = torch.device(device) if device is not None else model_device(model)
+    x = randn(shape, generator, device) if x_T is None else x_T.to(device)
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape={tuple(shape)}")
+    return x, device
 
 
 def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -328,10 +335,7 @@ def ddim_sample(
     check_prediction(prediction)
     _check_eta(eta)
     timesteps = ddim_timesteps(schedule.T, steps, spacing)  # checks steps and spacing
-    device = torch.device(device) if device is not None else model_device(model)
-    x = randn(shape, generator, device) if x_T is None else x_T.to(device)
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x.shape)}, but shape={tuple(shape)}")
+    x, device = start_noise(model, shape, x_T, generator, device)
     with eval_mode(model):
         for i, t in enumerate(progress_bar(timesteps, progress, "DDIM")):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1

@@ -53,10 +53,10 @@ from diffedu.device_data import DeviceImages, draw_flips, draw_indices, rank_sli
 from diffedu.devices import default_device
 from diffedu.ema import EMA, EMA_IMPLS, ema_update, make_ema
 from diffedu.flow import TIME_SAMPLINGS, TimeSampling, flow_loss, sample_flow_time
-from diffedu.forward import UNIT_IMAGES, DataRangeWarning
+from diffedu.forward import UNIT_IMAGES, DataRangeWarning, check_finite, looks_like_unit_images
 from diffedu.losses import ddpm_loss
 from diffedu.predictions import Prediction, check_prediction
-from diffedu.provenance import Provenance, attach
+from diffedu.provenance import Provenance, attach, same_schedule
 from diffedu.schedules import NoiseSchedule
 
 # The EMA and the checkpoint functions live in diffedu.ema and diffedu.checkpoints; they are named here too
@@ -489,9 +489,7 @@ def _restore(state: dict[str, Any], model: nn.Module, ema: AveragedModel | None,
                               f"{config.prediction!r}: resuming would switch the target halfway. Use another "
                               f"checkpoint path, or TrainConfig(prediction={saved_prediction!r})")
     saved = state.get("schedule")
-    ours = schedule.betas.detach().cpu().float() if schedule is not None else None
-    if ours is not None and saved is not None and (
-            saved["T"] != schedule.T or not torch.allclose(saved["betas"].float(), ours, rtol=1e-4, atol=1e-7)):
+    if schedule is not None and saved is not None and not same_schedule(saved["betas"], saved["T"], schedule):
         raise CheckpointError(f"checkpoint {path} was trained with the {saved['name']!r} schedule (T = {saved['T']}), "
                               f"this run passes the {schedule.name!r} schedule (T = {schedule.T}): the model would be "
                               f"asked for noise levels it did not learn. Use another checkpoint path, or "
@@ -628,14 +626,9 @@ def prepare_checkpoint_path(path: Path) -> None:
 def _check_values(data: DeviceImages) -> tuple[float, float]:
     """(min, max) of the whole training set, after refusing NaN or inf in any example (one pass, once)."""
     if data.x.is_floating_point():
-        finite = torch.isfinite(data.x).flatten(1).all(dim=1)
-        if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten().tolist()
-            raise ValueError(f"the training data hold NaN or infinite values in {len(bad)} of {len(finite)} examples "
-                             f"(the first at index {bad[0]}): drop or repair them before training, e.g. "
-                             f"x[torch.isfinite(x).flatten(1).all(1)]")
+        check_finite(data.x, "the training data", "x")
     lo, hi = data.value_range()
-    if data.is_image and lo >= 0 and 0.5 < hi <= 1 and data.x.shape[1] in (1, 3):
+    if looks_like_unit_images(data.x, lo, hi):
         warnings.warn(UNIT_IMAGES, DataRangeWarning, stacklevel=3)
     return lo, hi
 

@@ -110,7 +110,8 @@ def check_exercise(
             raise ExerciseError(
                 f"{name} raised {type(err).__name__}: {err}\n  on the test case: {case.describe}"
             ) from err
-        changed = [arg for arg, value in inputs if not _unchanged(value, _argument(learner, case, arg))]
+        now = _bound(learner, case)
+        changed = [arg for arg, value in inputs if not _unchanged(value, now[arg])]
         if changed:
             raise ExerciseError(
                 f"{name} changed its input {', '.join(changed)} in place (on the test case: {case.describe}).\n  "
@@ -163,10 +164,6 @@ def _bound(fn: Callable[..., Any], case: Case) -> dict[str, Any]:
         return dict(inspect.signature(fn).bind(*case.args, **case.kwargs).arguments)
     except (TypeError, ValueError):  # a signature the case does not fit: the call itself will say so
         return {**{f"argument {k}": v for k, v in enumerate(case.args)}, **case.kwargs}
-
-
-def _argument(fn: Callable[..., Any], case: Case, name: str) -> Any:
-    return _bound(fn, case)[name]
 
 
 def _unchanged(before: Tensor, now: Tensor) -> bool:
