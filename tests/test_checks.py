@@ -180,3 +180,52 @@ def test_a_failed_check_shows_its_message_without_the_checks_source():
     assert error.ename == "ExerciseError" and "expected" in shown and "Likely mistake: no square roots" in shown
     assert "Mistake(" not in shown and "lambda" not in shown and "core.py" not in shown and "lesson01.py" not in shown
     assert len(error.traceback) <= 8  # a short box, not twenty lines of library frames
+
+
+def _sample_loop(*, order="down", stale=False, global_noise=False, callback_args="t, x"):
+    """A DDPM loop as a learner might write it; the keywords introduce one mistake each."""
+
+    def loop(model, schedule, x_T, generator, callback=None):  # noqa: N803
+        times = range(schedule.T - 1, -1, -1) if order == "down" else range(schedule.T)
+        x = x_T
+        with torch.no_grad():
+            for t in times:
+                eps = model(x_T if stale else x, torch.full((x.shape[0],), t))
+                z = torch.randn(x.shape) if global_noise else torch.randn(x.shape, generator=generator)
+                x = ddpm_step(x, t, eps, schedule, z)
+                if callback is not None:
+                    callback(*((t, x) if callback_args == "t, x" else (x, t)))
+        return x
+
+    return loop
+
+
+def test_ddpm_sample_loop_right_wrong_and_skipped(capsys):
+    right = _sample_loop()
+    assert checks.check_ddpm_sample_loop(right) is right
+    for wrong, named in [(_sample_loop(order="up"), "the loop runs forward"),
+                         (_sample_loop(stale=True), "always sees x_T"),
+                         (_sample_loop(global_noise=True), "draw it with the one passed in")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_ddpm_sample_loop(wrong)
+    with pytest.raises(checks.ExerciseError, match="callback"):  # callback(x, t): the callback sees the wrong things
+        checks.check_ddpm_sample_loop(_sample_loop(callback_args="x, t"))
+
+    def int_t(model, schedule, x_T, generator, callback=None):  # noqa: N803
+        x = x_T
+        for t in range(schedule.T - 1, -1, -1):
+            x = ddpm_step(x, t, model(x, t), schedule, torch.randn(x.shape, generator=generator))
+        return x
+
+    with pytest.raises(checks.ExerciseError, match=r"integer tensor of shape \(B,\)"):
+        checks.check_ddpm_sample_loop(int_t)
+    fallback = checks.check_ddpm_sample_loop(skipped)
+    assert "skipped this exercise" in capsys.readouterr().out
+    # the fallback has the exercise's signature and samples like the library
+    from diffedu.schedules import make_schedule
+    schedule = make_schedule("linear", T=50)
+    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))  # noqa: N806
+    seen = []
+    out = fallback(lambda x, t: 0.3 * x, schedule, x_T, torch.Generator().manual_seed(1), lambda t, x: seen.append(t))
+    expected = right(lambda x, t: 0.3 * x, schedule, x_T, torch.Generator().manual_seed(1))
+    assert torch.allclose(out, expected, atol=1e-5) and seen == list(range(49, -1, -1))

@@ -90,3 +90,41 @@ def test_a_redraw_says_it_is_drawing_until_the_new_picture_is_up(monkeypatch):
     with pytest.raises(RuntimeError):
         explorer.steps_slider.value = 9
     assert "failed" in explorer.status.value  # not left saying "drawing" forever
+
+
+def test_score_field_explorer_redraws_and_reads_the_prediction():
+    from diffedu.course.widgets import ScoreFieldExplorer
+
+    schedule = make_schedule("linear", T=100)
+    data = torch.randn(50, 2) * 0.3 + 1.0
+
+    def eps_model(x, t):  # the exact eps of data N(1, 0.3^2): its arrows point towards (1, 1)
+        abar = schedule.alphas_cumprod[t].view(-1, 1)
+        return (1 - abar).sqrt() * (x - abar.sqrt() * 1.0) / (abar * 0.09 + 1 - abar)
+
+    explorer = ScoreFieldExplorer(eps_model, schedule, data=data, grid=5, lim=2.0, t=10)
+    positions, arrows = explorer.last_field
+    assert positions.shape == arrows.shape == (25, 2)
+    towards = (torch.ones(2) * schedule.alphas_cumprod[10].sqrt() - positions)  # from each point to the mean of x_t
+    assert ((towards * arrows).sum(1) > 0).all()  # -eps points towards denser noisy data
+    explorer.t_slider.value = 90
+    assert not torch.allclose(arrows, explorer.last_field[1])
+
+    def x0_model(x, t):  # the same network, answering with x0: the arrows must not change
+        abar = schedule.alphas_cumprod[t].view(-1, 1)
+        return (x - (1 - abar).sqrt() * eps_model(x, t)) / abar.sqrt()
+
+    same = ScoreFieldExplorer(x0_model, schedule, prediction="x0", grid=5, lim=2.0, t=90)
+    assert torch.allclose(same.last_field[1], explorer.last_field[1], atol=1e-4)
+
+
+def test_score_field_explorer_refuses_bad_input():
+    from diffedu.course.widgets import ScoreFieldExplorer
+
+    schedule = make_schedule("linear", T=100)
+    model = lambda x, t: x  # noqa: E731
+    for kwargs, match in [({"t": 100}, "0..T-1"), ({"t": -1}, "0..T-1"), ({"grid": 1}, "grid"),
+                          ({"prediction": "noise"}, "unknown prediction"),
+                          ({"data": torch.zeros(5, 3)}, r"shape \(N, 2\)")]:
+        with pytest.raises(ValueError, match=match):
+            ScoreFieldExplorer(model, schedule, **{"t": 10, **kwargs})

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from diffedu.course.plotting import histogram_vs_normal, image_grid, show_images
 from diffedu.flow import euler_step, velocity
 from diffedu.forward import q_sample
+from diffedu.predictions import check_prediction, to_x0_and_eps
 from diffedu.samplers import ddim_sample, eval_mode, model_device
 from diffedu.schedules import NoiseSchedule, snr_db
 from diffedu.text2img import Text2Img, generate
@@ -176,6 +177,68 @@ class DDIMExplorer(widgets.VBox):
             ax.set_axis_off()
             ax.set_title(f"DDIM, {steps} steps ({steps} model calls), eta = {eta:.2f}: {seconds:.2f} s", fontsize=9)
             fig.tight_layout()
+            display(fig)
+            plt.close(fig)
+
+
+class ScoreFieldExplorer(widgets.VBox):
+    """A slider over t: what a 2-D diffusion model predicts at every point of the plane, as arrows.
+
+    The arrows are the direction of -eps_theta(x, t) (whatever the model outputs, read as ``prediction`` and
+    turned into eps), drawn at unit length and coloured by log10 of the length: -eps_theta is the score
+    grad log p_t(x) times sqrt(1 - alpha-bar_t) > 0, so it points where the noised data gets denser. Grey points are the data noised to the same t, for comparison. ``last_field`` keeps the
+    arrows drawn ((G*G, 2) positions and directions), so a test can read what changed without a browser.
+    """
+
+    def __init__(self, model, schedule: NoiseSchedule, *, prediction: str = "eps", data: Tensor | None = None,
+                 grid: int = 21, lim: float = 2.5, t: int = 100, seed: int = 0) -> None:
+        check_prediction(prediction)
+        if not isinstance(grid, int) or grid < 2:
+            raise ValueError(f"grid must be an integer >= 2 (arrows per side), got {grid!r}")
+        if not (isinstance(t, int) and 0 <= t < schedule.T):
+            raise ValueError(f"t must be an integer in 0..T-1 = 0..{schedule.T - 1}, got {t!r}")
+        if data is not None and (data.ndim != 2 or data.shape[1] != 2):
+            raise ValueError(f"data must be points in the plane, shape (N, 2); got {tuple(data.shape)}")
+        self.model, self.schedule, self.prediction, self.lim = model, schedule, prediction, lim
+        self.data = data[:2000] if data is not None else None
+        self.noise = (torch.randn(self.data.shape, generator=torch.Generator().manual_seed(seed))
+                      if self.data is not None else None)
+        axis = torch.linspace(-lim, lim, grid)
+        self.grid_points = torch.cartesian_prod(axis, axis)  # (G*G, 2)
+        self.t_slider = widgets.IntSlider(value=t, min=0, max=schedule.T - 1, step=max(1, schedule.T // 100),
+                                          description="t", continuous_update=False, layout=widgets.Layout(width="60%"))
+        self.status = BusySign()
+        self.output = widgets.Output()
+        self.last_field: tuple[Tensor, Tensor] | None = None
+        self.t_slider.observe(self._redraw, names="value")
+        super().__init__([widgets.HBox([self.t_slider, self.status]), self.output])
+        self._redraw()
+
+    def _redraw(self, change=None) -> None:
+        with self.status.drawing(f"t = {self.t_slider.value}"):
+            self._draw()
+
+    def _draw(self) -> None:
+        t = int(self.t_slider.value)
+        steps = torch.full((len(self.grid_points),), t, dtype=torch.long)
+        with torch.no_grad(), eval_mode(self.model):
+            output = self.model(self.grid_points, steps)
+        _, eps = to_x0_and_eps(output, self.grid_points, steps, self.schedule, self.prediction)
+        self.last_field = (self.grid_points, -eps)
+        with self.output:
+            self.output.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4.6, 4.6))
+            if self.data is not None:
+                noised = q_sample(self.data, torch.full((len(self.data),), t), self.noise, self.schedule)
+                ax.scatter(*noised.T, s=2, c="0.8", label=f"data noised to t = {t}")
+                ax.legend(loc="lower right", fontsize=7)
+            direction = -eps / eps.norm(dim=1, keepdim=True).clamp_min(1e-12)  # unit arrows: the way, not how far
+            ax.quiver(*self.grid_points.T, *direction.T, eps.norm(dim=1).log10(), cmap="viridis", angles="xy",
+                      scale=1.1 * len(direction) ** 0.5, alpha=0.9)
+            ax.set_xlim(-self.lim, self.lim)
+            ax.set_ylim(-self.lim, self.lim)
+            ax.set_aspect("equal")
+            ax.set_title(f"t = {t}: the direction of -eps_theta(x, t)\n(colour: log10 of its length)", fontsize=9)
             display(fig)
             plt.close(fig)
 

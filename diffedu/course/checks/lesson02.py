@@ -1,4 +1,5 @@
-"""Checks for the exercises of lesson 02 (the DDPM loss): the noise-prediction loss and the ancestral step."""
+"""Checks for the exercises of lesson 02 (the DDPM loss): the noise-prediction loss, the ancestral step and the whole
+sampling loop."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise, seeded, tiny_schedule
+from diffedu.course.checks.core import (
+    CHECK_SEED,
+    Case,
+    ExerciseError,
+    Mistake,
+    check_exercise,
+    seeded,
+    tiny_schedule,
+)
 from diffedu.forward import q_sample
 from diffedu.losses import ddpm_loss
-from diffedu.samplers import ddpm_step
+from diffedu.samplers import ddpm_sample, ddpm_step
 
-__all__ = ["ExerciseError", "check_ddpm_loss", "check_ddpm_step"]
+__all__ = ["ExerciseError", "check_ddpm_loss", "check_ddpm_sample_loop", "check_ddpm_step"]
 
 
 def check_ddpm_loss(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -120,3 +129,90 @@ def check_ddpm_step(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
                 mistake(lambda x, t, e, z, b, a, ab: (x - b / (1 - ab).sqrt() * e) / a.sqrt())),
     ]
     return check_exercise("ddpm_step", learner, ddpm_step, cases, mistakes=mistakes)
+
+
+def _stand_in(x: Tensor, t: Any) -> Tensor:
+    """A fixed "noise predictor" that depends on both x and t; refuses t that is not one timestep per point."""
+    if not (isinstance(t, Tensor) and t.shape == (x.shape[0],) and not t.dtype.is_floating_point):
+        raise TypeError(f"the model takes t as an integer tensor of shape (B,), one timestep per point "
+                            f"(here B = {x.shape[0]}): torch.full((B,), t). It got {t!r:.60}")
+    return 0.4 * x + 0.2 * torch.sin(t.float()[:, None] / 3.0)
+
+
+def check_ddpm_sample_loop(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Lesson 02: ddpm_sample_loop(model, schedule, x_T, generator, callback=None), against `ddpm_sample`.
+
+    Compared: the final x, the timesteps the model saw (T-1 down to 0, one call each) and what the callback saw
+    (t and x after each step). A skipped exercise continues with the library's `ddpm_sample`.
+    """
+    sched = tiny_schedule()
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(20))  # noqa: N806
+
+    def run(fn: Callable[..., Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        model_times: list[int] = []
+        seen: list[tuple[int, Tensor]] = []
+
+        def model(x: Tensor, t: Any) -> Tensor:
+            out = _stand_in(x, t)
+            model_times.append(int(t[0]))
+            return out
+
+        with seeded(CHECK_SEED):  # a loop that draws from torch's global generator gets the same numbers each run
+            out = fn(model, sched, x_T.clone(), torch.Generator().manual_seed(21),
+                     lambda t, x: seen.append((int(t), x.detach().clone())))
+        if not isinstance(out, Tensor):
+            raise ExerciseError(f"ddpm_sample_loop should return the final x (a tensor), got {type(out).__name__}")
+        shown = torch.stack([x for _, x in seen]) if seen else torch.zeros(0)
+        return out, torch.tensor(model_times), torch.tensor([t for t, _ in seen]), shown
+
+    def library(model: Callable[..., Tensor], schedule: Any, x_T: Tensor, generator: torch.Generator,  # noqa: N803
+                callback: Callable[[int, Tensor], Any] | None = None) -> Tensor:
+        relay = (lambda info: callback(info["t"], info["x"])) if callback is not None else None
+        return ddpm_sample(model, schedule, tuple(x_T.shape), x_T=x_T, generator=generator, callback=relay,
+                           prediction="eps", clip_x0=False, progress=False)
+
+    def loop(order: str = "down", *, stale_x: bool = False, noise: str = "generator", scaled_noise: bool = False,
+             no_callback: bool = False) -> Callable[..., Tensor]:
+        """A wrong loop (or the right one, with every switch off), for naming the mistake."""
+        def compute(model, schedule, x_T, generator, callback=None):  # noqa: N803
+            times = {"down": range(schedule.T - 1, -1, -1), "up": range(schedule.T),
+                     "stops at 1": range(schedule.T - 1, 0, -1)}[order]
+            x = x_T
+            for t in times:
+                eps = model(x_T if stale_x else x, torch.full((x.shape[0],), t))
+                z = torch.randn(x.shape, generator=generator) if noise == "generator" else torch.randn(x.shape)
+                if t == 0:
+                    z = torch.zeros_like(x)
+                x = ddpm_step(x, t, eps, schedule, schedule.betas[t].sqrt() * z if scaled_noise else z)
+                if callback is not None and not no_callback:
+                    callback(t, x)
+            return x
+        return lambda _: run(compute)
+
+    compared = "(compared: the final x, the t of every model call, and the t and x the callback saw after each step)"
+    cases = [Case((None,), {}, f"3 points in 2-D, a 10-step schedule, a fixed stand-in model {compared}")]
+    mistakes = [
+        Mistake("the loop runs forward, t = 0, 1, ..., T-1; sampling goes from the noise at t = T-1 down to t = 0: "
+                "range(T - 1, -1, -1).", loop("up")),
+        Mistake("the loop stops at t = 1 and misses the last step: range(T - 1, -1, -1) ends at t = 0.",
+                loop("stops at 1")),
+        Mistake("the model always sees x_T; call it on the current x, which each step updates.", loop(stale_x=True)),
+        Mistake("the noise comes from torch's global generator; draw it with the one passed in, "
+                "torch.randn(x.shape, generator=generator), so that a seed gives the same samples.",
+                loop(noise="global")),
+        Mistake("ddpm_step scales the noise by sigma_t itself: pass it z ~ N(0, I), not sigma_t * z.",
+                loop(scaled_noise=True)),
+        Mistake("the samples are right, but callback is never called: after each step, when callback is given, "
+                "call callback(t, x).", loop(no_callback=True)),
+    ]
+
+    def learner_run(_: Any) -> tuple:
+        return run(learner)
+
+    def reference_run(_: Any) -> tuple:
+        return run(library)
+
+    reference_run.__module__, reference_run.__qualname__ = ddpm_sample.__module__, ddpm_sample.__qualname__
+    checked = check_exercise("ddpm_sample_loop", learner_run, reference_run, cases, mistakes=mistakes,
+                             fallback=reference_run)
+    return learner if checked is learner_run else library
