@@ -36,7 +36,8 @@ def run_lesson(path: Path, profile: str, timeout: int, out_dir: Path | None) -> 
     """Seconds to execute the notebook at `path` top to bottom in a fresh kernel, with DIFFEDU_PROFILE=profile."""
     nb = nbformat.read(path, as_version=4)
     os.environ["DIFFEDU_PROFILE"] = profile
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
     client.widget_registry = {}  # no Output-widget stand-in (see the module docstring)
     started = time.perf_counter()
     client.execute()

@@ -38,10 +38,10 @@ FORMAT = "diffedu-weights"
 MAX_FP32_BYTES = 10 * 2**20  # above this the weights are stored in float16
 # How each shipped name is made (shown when its file is missing).
 RECIPES = {
-    "mnist_ddpm": "python -m diffedu.train --dataset mnist --preset mnist_patch --profile cpu --steps 7200 --minutes 85 "
-                  "--batch-size 128 --lr 1.5e-3 --lr-decay cosine --warmup 200 --ema-decay 0.9995 --min-snr-gamma 5 "
-                  "--out runs/ref_long.pt --export mnist_ddpm  (85 minutes on 2 cores; --minutes 10 for a rougher "
-                  "one)",
+    "mnist_ddpm": "python -m diffedu.train --dataset mnist --preset mnist_patch --profile cpu --steps 7200 "
+                  "--minutes 85 --batch-size 128 --lr 1.5e-3 --lr-decay cosine --warmup 200 --ema-decay 0.9995 "
+                  "--min-snr-gamma 5 --out runs/ref_long.pt --export mnist_ddpm  (85 minutes on 2 cores; --minutes 10 "
+                  "for a rougher one)",
     "mnist_flow": "python benchmarks/flow_matching.py --objectives flow --minutes 10 --export mnist_flow  (or: python "
                   "-m diffedu.train --dataset mnist --preset mnist_patch --objective flow --batch-size 64 --minutes 10 "
                   "--out runs/flow.pt --export mnist_flow)",

@@ -186,8 +186,9 @@ class ScoreFieldExplorer(widgets.VBox):
 
     The arrows are the direction of -eps_theta(x, t) (whatever the model outputs, read as ``prediction`` and
     turned into eps), drawn at unit length and coloured by log10 of the length: -eps_theta is the score
-    grad log p_t(x) times sqrt(1 - alpha-bar_t) > 0, so it points where the noised data gets denser. Grey points are the data noised to the same t, for comparison. ``last_field`` keeps the
-    arrows drawn ((G*G, 2) positions and directions), so a test can read what changed without a browser.
+    grad log p_t(x) times sqrt(1 - alpha-bar_t) > 0, so it points where the noised data gets denser. Grey points
+    are the data noised to the same t, for comparison. ``last_field`` keeps the arrows ((G*G, 2) positions and
+    -eps, before scaling to unit length), so a test can read what changed without a browser.
     """
 
     def __init__(self, model, schedule: NoiseSchedule, *, prediction: str = "eps", data: Tensor | None = None,

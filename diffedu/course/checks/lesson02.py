@@ -135,7 +135,7 @@ def _stand_in(x: Tensor, t: Any) -> Tensor:
     """A fixed "noise predictor" that depends on both x and t; refuses t that is not one timestep per point."""
     if not (isinstance(t, Tensor) and t.shape == (x.shape[0],) and not t.dtype.is_floating_point):
         raise TypeError(f"the model takes t as an integer tensor of shape (B,), one timestep per point "
-                            f"(here B = {x.shape[0]}): torch.full((B,), t). It got {t!r:.60}")
+                        f"(here B = {x.shape[0]}): torch.full((B,), t). It got {t!r:.60}")
     return 0.4 * x + 0.2 * torch.sin(t.float()[:, None] / 3.0)
 
 
