@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -86,6 +86,31 @@ def linear_beta_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: floa
     return schedule_from_betas(betas, "linear")
 
 
+def betas_from_alpha_bar(alpha_bar: Callable[[Tensor], Tensor], T: int, max_beta: float = 0.999) -> Tensor:  # noqa: N803
+    """The T betas of a schedule given as a continuous alpha-bar(u), u = t / T in [0, 1] (float64, shape (T,)).
+
+    alpha-bar is evaluated at the T + 1 points u = 0, 1/T, ..., 1 and normalised by its value at u = 0, so that
+    no noise has been added before the first step; each step's beta_t = 1 - alpha-bar(t) / alpha-bar(t - 1)
+    follows from alpha-bar_t = prod_{s<=t} (1 - beta_s). Betas are clipped to at most `max_beta`: where
+    alpha-bar reaches 0 (the cosine schedule at u = 1) the last beta would be 1, a step that keeps nothing of
+    x_{t-1} (Nichol & Dhariwal 2021 clip at 0.999 "to prevent singularities at the end of the diffusion process").
+    """
+    _check_T(T)
+    u = torch.arange(T + 1, dtype=torch.float64) / T
+    abar = alpha_bar(u).to(torch.float64)
+    if abar.shape != u.shape or not torch.all(torch.isfinite(abar)) or abar[0] <= 0:
+        raise ValueError("alpha_bar(u) must map a float64 tensor u of shape (T + 1,) to finite values of the same "
+                         "shape, positive at u = 0")
+    abar = abar / abar[0]
+    betas = 1.0 - abar[1:] / abar[:-1]
+    return betas.clamp(min=1e-8, max=max_beta)
+
+
+def cosine_alpha_bar(u: Tensor, s: float = 0.008) -> Tensor:
+    """Nichol & Dhariwal's f(u) = cos^2(((u + s) / (1 + s)) * pi / 2), u = t / T (not yet divided by f(0))."""
+    return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+
 def cosine_beta_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:  # noqa: N803
     """Nichol & Dhariwal's cosine schedule (2021, eq. 17).
 
@@ -95,12 +120,8 @@ def cosine_beta_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.99
     Noise is added more slowly at the start than with the linear schedule, so fewer steps are wasted
     on images that are already pure noise.
     """
-    _check_T(T)
-    steps = torch.arange(T + 1, dtype=torch.float64) / T
-    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
-    alphas_cumprod = f / f[0]
-    betas = 1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1]
-    return schedule_from_betas(betas.clamp(min=1e-8, max=max_beta), "cosine")
+    betas = betas_from_alpha_bar(lambda u: cosine_alpha_bar(u, s), T, max_beta)
+    return schedule_from_betas(betas, "cosine")
 
 
 def make_schedule(name: ScheduleName | str = "linear", T: int = 1000) -> NoiseSchedule:  # noqa: N803

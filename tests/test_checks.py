@@ -229,3 +229,82 @@ def test_ddpm_sample_loop_right_wrong_and_skipped(capsys):
     out = fallback(lambda x, t: 0.3 * x, schedule, x_T, torch.Generator().manual_seed(1), lambda t, x: seen.append(t))
     expected = right(lambda x, t: 0.3 * x, schedule, x_T, torch.Generator().manual_seed(1))
     assert torch.allclose(out, expected, atol=1e-5) and seen == list(range(49, -1, -1))
+
+
+def test_cosine_schedule_right_wrong_and_skipped(capsys):
+    import math
+
+    from diffedu.schedules import betas_from_alpha_bar, cosine_alpha_bar, cosine_beta_schedule
+
+    def f(u, s=0.008):
+        return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    def betas(alpha_bar, T, max_beta=0.999):  # noqa: N803
+        abar = alpha_bar(torch.arange(T + 1, dtype=torch.float64) / T)
+        return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+    assert checks.check_cosine_schedule(f, betas) == (f, betas)
+    assert torch.allclose(betas(f, 1000).float(), cosine_beta_schedule(1000).betas)
+    for wrong_f, named in [(lambda u, s=0.008: torch.cos((u + s) / (1 + s) * math.pi / 2), "SQUARED"),
+                           (lambda u, s=0.008: torch.cos(u / (1 + s) * math.pi / 2) ** 2, "offset s")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_cosine_schedule(wrong_f, betas)
+
+    def t_points(alpha_bar, T, max_beta=0.999):  # noqa: N803
+        abar = alpha_bar(torch.arange(T, dtype=torch.float64) / T)
+        return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+    def unclipped(alpha_bar, T, max_beta=0.999):  # noqa: N803
+        abar = alpha_bar(torch.arange(T + 1, dtype=torch.float64) / T)
+        return 1 - abar[1:] / abar[:-1]
+
+    def difference(alpha_bar, T, max_beta=0.999):  # noqa: N803
+        abar = alpha_bar(torch.arange(T + 1, dtype=torch.float64) / T)
+        return (abar[:-1] - abar[1:]).clamp(max=max_beta)
+
+    for wrong_b, named in [(t_points, "T \\+ 1 points"), (unclipped, "clipped to max_beta"), (difference, "RATIO")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_cosine_schedule(f, wrong_b)
+    capsys.readouterr()
+    got_f, got_b = checks.check_cosine_schedule(skipped, skipped)
+    assert got_f is cosine_alpha_bar and got_b is betas_from_alpha_bar
+    assert capsys.readouterr().out.count("skipped this exercise") == 2
+
+
+def _invert_loop(*, eps_at="current", first="data", reverse=True):
+    from diffedu.samplers import ddim_timesteps, predict
+
+    def invert(model, schedule, x0, steps):
+        timesteps = ddim_timesteps(schedule.T, steps)
+        timesteps = timesteps[::-1] if reverse else timesteps
+        x = x0
+        for i, t in enumerate(timesteps):
+            s = timesteps[i - 1] if i > 0 else t
+            pred_x0, eps = predict(model, x, s if eps_at == "current" else t, schedule)
+            if i == 0 and first == "data":
+                pred_x0 = x0
+            abar = schedule.alphas_cumprod[t]
+            x = abar.sqrt() * pred_x0 + (1 - abar).sqrt() * eps
+        return x
+
+    return invert
+
+
+def test_ddim_invert_right_wrong_and_skipped(capsys):
+    right = _invert_loop()
+    assert checks.check_ddim_invert(right) is right
+    for wrong, named in [(_invert_loop(eps_at="next"), "CURRENT point"), (_invert_loop(reverse=False), "upwards"),
+                         (_invert_loop(first="model"), "starts at the data itself")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_ddim_invert(wrong)
+
+    def int_t(model, schedule, x0, steps):
+        return model(x0, 0)
+
+    with pytest.raises(checks.ExerciseError, match=r"integer tensor of shape \(B,\)"):
+        checks.check_ddim_invert(int_t)
+    fallback = checks.check_ddim_invert(skipped)
+    assert "skipped this exercise" in capsys.readouterr().out
+    from diffedu.schedules import make_schedule
+    schedule, x0 = make_schedule("linear", T=100), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(fallback(lambda x, t: 0.3 * x, schedule, x0, 10), right(lambda x, t: 0.3 * x, schedule, x0, 10))

@@ -75,3 +75,14 @@ def test_to_device_and_repr():
     s = make_schedule("linear", 10).to("cpu")
     assert s.betas.device.type == "cpu"
     assert "T=10" in repr(s)
+
+
+def test_betas_from_alpha_bar_refuses_a_curve_it_cannot_use():
+    from diffedu.schedules import betas_from_alpha_bar
+
+    with pytest.raises(ValueError, match="alpha_bar\\(u\\) must map"):
+        betas_from_alpha_bar(lambda u: u[:-1], 10)  # the wrong shape
+    with pytest.raises(ValueError, match="positive at u = 0"):
+        betas_from_alpha_bar(lambda u: u, 10)  # no signal before the first step
+    betas = betas_from_alpha_bar(lambda u: 1 - u, 10, max_beta=0.5)
+    assert betas.shape == (10,) and betas.max() == 0.5  # the last step (1 - 0 / 0.1) is clipped

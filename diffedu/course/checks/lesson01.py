@@ -1,7 +1,9 @@
-"""Checks for the exercises of lesson 01 (forward noising): the closed form q(x_t | x_0)."""
+"""Checks for the exercises of lesson 01 (forward noising): the cosine schedule from its f(u), and the closed form
+q(x_t | x_0)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -9,8 +11,9 @@ from torch import Tensor
 
 from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise, tiny_schedule
 from diffedu.forward import q_sample
+from diffedu.schedules import betas_from_alpha_bar, cosine_alpha_bar
 
-__all__ = ["ExerciseError", "check_q_sample"]
+__all__ = ["ExerciseError", "check_cosine_schedule", "check_q_sample"]
 
 
 def check_q_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -62,3 +65,76 @@ def check_q_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
                       + (1 - flat.reshape(-1, 1, 1, 1)).sqrt() * e)),
     ]
     return check_exercise("q_sample", learner, q_sample, cases, mistakes=mistakes)
+
+
+def check_cosine_schedule(
+    alpha_bar_fn: Callable[..., Tensor], betas_fn: Callable[..., Tensor]
+) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+    """Lesson 01: the cosine f(u) of Nichol & Dhariwal, and the betas of any schedule given by a continuous alpha-bar.
+
+    Returns the pair to use from here on: the learner's functions where they agree with the library, the library's
+    where an exercise was skipped.
+    """
+    u = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.9, 1.0], dtype=torch.float64)
+    cos2 = torch.cos
+    f_cases = [Case((u,), {}, "u = [0, 0.1, 0.25, 0.5, 0.9, 1], s = 0.008 (the default)"),
+               Case((u,), {"s": 0.2}, "the same u, s = 0.2")]
+    f_mistakes = [
+        Mistake("f is the cosine SQUARED: cos(...) ** 2.",
+                lambda u, s=0.008: cos2((u + s) / (1 + s) * math.pi / 2)),
+        Mistake("the offset s is missing from the numerator: ((u + s) / (1 + s)) * pi / 2.",
+                lambda u, s=0.008: cos2(u / (1 + s) * math.pi / 2) ** 2),
+        Mistake("divide (u + s) by (1 + s), so that f still reaches cos^2(pi / 2) = 0 at u = 1.",
+                lambda u, s=0.008: cos2((u + s) * math.pi / 2) ** 2),
+        Mistake("the angle runs to pi / 2 (a quarter turn), not pi: multiply by pi / 2.",
+                lambda u, s=0.008: cos2((u + s) / (1 + s) * math.pi) ** 2),
+    ]
+    f_checked = check_exercise("cosine_alpha_bar", alpha_bar_fn, cosine_alpha_bar, f_cases, mistakes=f_mistakes,
+                               atol=1e-7, rtol=1e-6)
+
+    def quadratic(u: Tensor) -> Tensor:  # reaches 0 at u = 1, like the cosine: the last beta needs the clip
+        return 1 - u ** 2
+
+    def logistic(u: Tensor) -> Tensor:  # alpha-bar(0) is not 1 (it is 0.993): the betas do not care
+        return torch.sigmoid(5 - 10 * u)
+
+    b_cases = [Case((cosine_alpha_bar, 10), {}, "the library's cosine f, T = 10"),
+               Case((quadratic, 6), {"max_beta": 0.9}, "alpha_bar(u) = 1 - u ** 2, T = 6, max_beta = 0.9"),
+               Case((logistic, 8), {}, "alpha_bar(u) = sigmoid(5 - 10 u), T = 8")]
+
+    def grid(T: int, points: str) -> Tensor:  # noqa: N803
+        if points == "T":
+            return torch.arange(T, dtype=torch.float64) / T
+        if points == "linspace":
+            return torch.linspace(0, 1, T, dtype=torch.float64)
+        if points == "steps":
+            return torch.arange(T + 1, dtype=torch.float64)
+        return torch.arange(T + 1, dtype=torch.float64) / T
+
+    def wrong(rule: Callable[[Tensor, float], Tensor], points: str = "T+1") -> Callable[..., Tensor]:
+        def compute(alpha_bar: Callable[[Tensor], Tensor], T: int, max_beta: float = 0.999) -> Tensor:  # noqa: N803
+            return rule(alpha_bar(grid(T, points)), max_beta)
+        return compute
+
+    def right(abar: Tensor, max_beta: float) -> Tensor:
+        return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+    b_mistakes = [
+        Mistake("T betas need alpha-bar at T + 1 points, u = 0, 1/T, ..., 1 (torch.arange(T + 1) / T): the first "
+                "beta compares alpha-bar after one step with alpha-bar before any.", wrong(right, "T")),
+        Mistake("T betas need alpha-bar at T + 1 points, u = 0, 1/T, ..., 1 (torch.arange(T + 1) / T); "
+                "torch.linspace(0, 1, T) gives only T of them.", wrong(right, "linspace")),
+        Mistake("alpha_bar takes u = t / T in [0, 1], not the step number t: divide by T.", wrong(right, "steps")),
+        Mistake("the last beta must be clipped to max_beta: where alpha-bar reaches 0 it is 1, a step that keeps "
+                "nothing of x_{t-1} (and schedule_from_betas refuses it).",
+                wrong(lambda abar, mb: 1 - abar[1:] / abar[:-1])),
+        Mistake("beta_t is one minus the RATIO alpha-bar_t / alpha-bar_{t-1}, not the difference of the two.",
+                wrong(lambda abar, mb: (abar[:-1] - abar[1:]).clamp(max=mb))),
+        Mistake("the ratio is upside down: alpha-bar_t / alpha-bar_{t-1} (later over earlier) is below 1.",
+                wrong(lambda abar, mb: (1 - abar[:-1] / abar[1:]).clamp(max=mb))),
+        Mistake("beta_t is the noise of ONE step, 1 - alpha-bar_t / alpha-bar_{t-1}; 1 - alpha-bar_t is the noise "
+                "of all t steps together.", wrong(lambda abar, mb: (1 - abar[1:]).clamp(max=mb))),
+    ]
+    b_checked = check_exercise("betas_from_alpha_bar", betas_fn, betas_from_alpha_bar, b_cases,
+                               mistakes=b_mistakes, atol=1e-6, rtol=1e-5)
+    return f_checked, b_checked
