@@ -307,4 +307,54 @@ def test_ddim_invert_right_wrong_and_skipped(capsys):
     assert "skipped this exercise" in capsys.readouterr().out
     from diffedu.schedules import make_schedule
     schedule, x0 = make_schedule("linear", T=100), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(fallback(lambda x, t: 0.3 * x, schedule, x0, 10), right(lambda x, t: 0.3 * x, schedule, x0, 10))
+    model = lambda x, t: 0.3 * x  # noqa: E731
+    assert torch.allclose(fallback(model, schedule, x0, 10), right(model, schedule, x0, 10))
+
+
+def test_guided_output_right_wrong_and_skipped(capsys):
+    from diffedu.guidance import cfg_combine, guided_output
+
+    def right(model, x_t, t, y, null, w):
+        B = x_t.shape[0]  # noqa: N806
+        out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, int(null))]))
+        return cfg_combine(out[:B], out[B:], w)
+
+    def two_calls(model, x_t, t, y, null, w):
+        return cfg_combine(model(x_t, t, y), model(x_t, t, torch.full_like(y, int(null))), w)
+
+    def swapped(model, x_t, t, y, null, w):
+        B = x_t.shape[0]  # noqa: N806
+        out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([torch.full_like(y, int(null)), y]))
+        return cfg_combine(out[:B], out[B:], w)
+
+    def t_once(model, x_t, t, y, null, w):
+        B = x_t.shape[0]  # noqa: N806
+        out = model(torch.cat([x_t, x_t]), t, torch.cat([y, torch.full_like(y, int(null))]))
+        return cfg_combine(out[:B], out[B:], w)
+
+    assert checks.check_guided_output(right) is right
+    for wrong, named in [(two_calls, "ONE batch of 2B"), (swapped, "halves are swapped"), (t_once, "Double t")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_guided_output(wrong)
+    capsys.readouterr()
+    assert checks.check_guided_output(skipped) is guided_output
+    assert "skipped this exercise" in capsys.readouterr().out
+
+
+def test_min_snr_weight_right_wrong_and_skipped(capsys):
+    from diffedu.losses import min_snr_weight
+
+    def weights(t, schedule, gamma, prediction="eps", v_over=1.0, clip="max"):
+        abar = schedule.alphas_cumprod[t].float()
+        snr = abar / (1 - abar)
+        capped = snr.clamp(max=gamma) if clip == "max" else snr.clamp(min=gamma)
+        return {"eps": capped / snr, "x0": capped, "v": capped / (snr + v_over)}[prediction]
+
+    assert checks.check_min_snr_weight(weights) is weights
+    for wrong, named in [(lambda t, s, g, p="eps": weights(t, s, g, p, v_over=0.0), "SNR \\+ 1"),
+                         (lambda t, s, g, p="eps": weights(t, s, g, p, clip="min"), "from ABOVE"),
+                         (lambda t, s, g, p="eps": weights(t, s, g, "x0"), "eps network's weight")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_min_snr_weight(wrong)
+    capsys.readouterr()
+    assert checks.check_min_snr_weight(skipped) is min_snr_weight
