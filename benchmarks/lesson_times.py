@@ -29,6 +29,8 @@ from nbclient import NotebookClient
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import record  # noqa: E402
 
+from diffedu.devices import cpu_has_bf16  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     for path in paths:
         seconds = run_lesson(path, args.profile, args.timeout, args.out_dir)
         settings = {"lesson": path.stem, "threads": os.environ.get("DIFFEDU_THREADS", "policy"),
-                    "real_data": bool(os.environ.get("DIFFEDU_DATA")), "notebook": "solutions"}
+                    "real_data": bool(os.environ.get("DIFFEDU_DATA")), "notebook": "solutions",
+                    "cpu_bf16": cpu_has_bf16()}  # lessons 04 and 06 train in bf16 where the CPU has it
         if args.no_record:
             print(f"{path.stem}: {seconds:.0f} s in {args.profile}")
         else:

@@ -124,6 +124,26 @@ def cosine_beta_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.99
     return schedule_from_betas(betas, "cosine")
 
 
+def shift_schedule(schedule: NoiseSchedule, factor: float, max_beta: float = 0.999) -> NoiseSchedule:
+    """The schedule whose SNR at every t is the given one's divided by factor^2: noisier for factor > 1.
+
+    Meant for images `factor` times larger per side than those a schedule was tuned on. Averaging a x a
+    pixels divides the variance of independent noise by a^2 while a smooth image keeps most of its own, so
+    a larger image at the same alpha-bar_t shows its coarse content more clearly; dividing the SNR by
+    factor^2 gives back, to the image's coarse view, the SNR it had before (Chen 2023, Hoogeboom et al. 2023
+    shift the log-SNR by the resolution ratio for this reason). The betas follow from the new alpha-bar as
+    in `betas_from_alpha_bar` (alpha-bar before the first step is 1), clipped to `max_beta`.
+    """
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor must be a positive number (2 for images twice as large per side), got {factor!r}")
+    abar = schedule.alphas_cumprod.double()
+    snr = abar / (1.0 - abar) / factor**2
+    shifted = snr / (1.0 + snr)
+    before = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
+    betas = (1.0 - shifted / before).clamp(min=1e-8, max=max_beta)
+    return schedule_from_betas(betas, f"{schedule.name}, shifted x{factor:g}")
+
+
 def make_schedule(name: ScheduleName | str = "linear", T: int = 1000) -> NoiseSchedule:  # noqa: N803
     """The named schedule with T steps: "linear" or "cosine".
 

@@ -358,3 +358,46 @@ def test_min_snr_weight_right_wrong_and_skipped(capsys):
             checks.check_min_snr_weight(wrong)
     capsys.readouterr()
     assert checks.check_min_snr_weight(skipped) is min_snr_weight
+
+
+def test_vae_objective_right_wrong_and_skipped(capsys):
+    from diffedu.models.vae import kl_divergence, reparameterize
+
+    def objective(vae, x, beta, eps=None, decode_mean=False, per_pixel=False):
+        mu, logvar = vae.posterior(x)
+        z = mu if decode_mean else reparameterize(mu, logvar, eps)
+        error = (vae.decode_unscaled(z) - x).square().flatten(1)
+        recon = (error.mean(dim=1) if per_pixel else error.sum(dim=1)).mean()
+        kl = kl_divergence(mu, logvar).mean()
+        return recon + beta * kl, recon, kl
+
+    assert checks.check_vae_objective(objective) is objective
+    for wrong, named in [(lambda v, x, b, e=None: objective(v, x, b, e, decode_mean=True), "SAMPLE z"),
+                         (lambda v, x, b, e=None: objective(v, x, b, e, per_pixel=True), "SUMS the squared error")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_vae_objective(wrong)
+    capsys.readouterr()
+    fallback = checks.check_vae_objective(skipped)
+    assert "skipped this exercise" in capsys.readouterr().out and fallback is not skipped
+
+
+def test_shift_schedule_right_wrong_and_skipped(capsys):
+    from diffedu.schedules import make_schedule, schedule_from_betas, shift_schedule, snr
+
+    def shifted(schedule, factor, power=2):
+        abar = schedule.alphas_cumprod.double()
+        new = abar / (1 - abar) / factor**power
+        new = new / (1 + new)
+        before = torch.cat([torch.ones(1, dtype=torch.float64), new[:-1]])
+        return schedule_from_betas((1 - new / before).clamp(max=0.999))
+
+    assert checks.check_shift_schedule(shifted) is shifted
+    with pytest.raises(checks.ExerciseError, match="factor SQUARED"):
+        checks.check_shift_schedule(lambda s, f: shifted(s, f, power=1))
+    capsys.readouterr()
+    assert checks.check_shift_schedule(skipped) is shift_schedule
+    linear = make_schedule("linear", 1000)
+    ratio = snr(linear)[:900] / snr(shift_schedule(linear, 2.0))[:900]
+    assert torch.allclose(ratio, torch.full_like(ratio, 4.0), rtol=1e-3)  # SNR divided by factor^2, where unclipped
+    with pytest.raises(ValueError, match="positive number"):
+        shift_schedule(linear, 0)

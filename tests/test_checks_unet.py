@@ -278,3 +278,43 @@ def test_a_net_that_ignores_t_is_caught():
     ignores_t = lambda x, t: model(x, 0)  # noqa: E731
     with pytest.raises(checks.ExerciseError, match="same for every t.*time_proj"):
         checks.check_depends_on_t(ignores_t, x)
+
+
+def test_tiny_unet_check_names_the_skip_mistakes(capsys):
+    from diffedu.models.tiny_unet import TinyUNet
+
+    def variant(*, pop_first=False, save_after=False, skip_first=False):
+        class Learner(TinyUNet):
+            def forward(self, x, t):
+                emb = self.time_embed(t)
+                h, skips = self.stem(x), []
+                for block, down in zip(self.down_blocks, self.downsamples):
+                    h = block(h, emb)
+                    if not save_after:
+                        skips.append(h)
+                    h = down(h)
+                    if save_after:
+                        skips.append(h)
+                h = self.mid(h, emb)
+                for up, block in zip(self.upsamples, self.up_blocks):
+                    h = up(h)
+                    skip = skips.pop(0) if pop_first else skips.pop()
+                    h = block(torch.cat([skip, h] if skip_first else [h, skip], dim=1), emb)
+                return self.out(h)
+        return Learner
+
+    right = variant()
+    assert checks.check_tiny_unet(right) is right
+    for wrong, named in [(variant(pop_first=True), "last saved, first used"),
+                         (variant(save_after=True), "BEFORE its downsampling"),
+                         (variant(skip_first=True), "features first, then the skip")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_tiny_unet(wrong)
+
+    class Blank(TinyUNet):
+        def forward(self, x, t):
+            raise NotImplementedError
+
+    assert checks.check_tiny_unet(Blank) is TinyUNet
+    x = torch.randn(2, 1, 28, 28)
+    assert TinyUNet()(x, torch.tensor([1, 999])).shape == x.shape

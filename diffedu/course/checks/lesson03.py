@@ -1,5 +1,5 @@
-"""Checks for the exercises of lesson 03 (the U-Net): the time embedding, the residual block, self-attention,
-and a check that a network's output depends on t.
+"""Checks for the exercises of lesson 03 (the U-Net): the time embedding, the residual block, self-attention, a
+two-level U-Net's forward, and a check that a network's output depends on t.
 
 Module exercises are checked by loading the same (randomised) weights into the library's block and the
 learner's, then comparing outputs (`diffedu.course.checks.core.check_module`). The learner's class must keep
@@ -17,8 +17,10 @@ from torch import Tensor
 
 from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise, check_module
 from diffedu.models.layers import ResBlock, SelfAttention, timestep_embedding
+from diffedu.models.tiny_unet import TinyUNet
 
-__all__ = ["ExerciseError", "check_depends_on_t", "check_res_block", "check_self_attention", "check_timestep_embedding"]
+__all__ = ["ExerciseError", "check_depends_on_t", "check_res_block", "check_self_attention", "check_timestep_embedding",
+           "check_tiny_unet"]
 
 
 def check_timestep_embedding(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -216,3 +218,52 @@ def check_depends_on_t(model: Callable[..., Tensor], x: Tensor, ts: Sequence[int
     listed = ", ".join(f"t={t}: {c:.3g}" for t, c in zip(ts[1:], changes))
     print(f"✓ the output depends on t (relative change from t={ts[0]}: {listed}).")
     return changes
+
+
+def check_tiny_unet(learner_cls: type) -> type:
+    """Lesson 03: TinyUNet.forward, the down path saving skips, the middle, and the up path concatenating them."""
+    g = torch.Generator().manual_seed(33)
+    x = torch.randn(2, 1, 8, 8, generator=g)
+    t = torch.tensor([3, 700])
+    setups = [((), {"channels": (8, 16), "time_dim": 8, "norm_groups": 4}, (x, t), False,
+               "TinyUNet(channels=(8, 16), time_dim=8, norm_groups=4), x (2, 1, 8, 8), t = [3, 700], random weights"),
+              ((2,), {"channels": (4, 8), "time_dim": 8, "norm_groups": 2},
+               (torch.randn(1, 2, 4, 12, generator=g), torch.tensor([42])), False,
+               "TinyUNet(2, channels=(4, 8), time_dim=8, norm_groups=2), x (1, 2, 4, 12), t = [42], random weights")]
+
+    def variant(*, emb: str = "mlp", order: str = "h first", out: bool = True, mid: bool = True):
+        def compute(m, x_, t_):
+            e = m.time_embed(t_) if emb == "mlp" else timestep_embedding(t_, m.time_embed.sinusoidal_dim)
+            h = m.stem(x_)
+            skips = []
+            for block, down in zip(m.down_blocks, m.downsamples):
+                h = block(h, e)
+                skips.append(h)
+                h = down(h)
+            h = m.mid(h, e) if mid else h
+            for up, block in zip(m.upsamples, m.up_blocks):
+                h = up(h)
+                s = skips.pop()
+                h = block(torch.cat([h, s] if order == "h first" else [s, h], dim=1), e)
+            return m.out(h) if out else h
+        return compute
+
+    wrong = [
+        ("concatenate the upsampled features first, then the skip: torch.cat([h, skip], dim=1). The up blocks' "
+         "weights (loaded from the library) expect that order.", variant(order="skip first")),
+        ("the middle block is skipped: after the down path, h = self.mid(h, emb).", variant(mid=False)),
+        ("the time embedding is self.time_embed(t) (the sinusoids AND the MLP), computed once and given to every "
+         "ResBlock.", variant(emb="raw")),
+    ]
+    try:
+        return check_module("TinyUNet", learner_cls, TinyUNet, setups, wrong)
+    except ExerciseError as err:
+        if "Sizes of tensors must match" in str(err):  # torch.cat of two resolutions: the wrong skip
+            raise ExerciseError(f"{err}\n  Likely mistake: a skip met features of another resolution. Save each skip "
+                                f"BEFORE its downsampling, and take them back last saved, first used (skips.pop(), "
+                                f"not skips.pop(0)).") from None
+        if "number of channels in input" in str(err):  # GroupNorm of an up block: a channel count that does not fit
+            raise ExerciseError(f"{err}\n  Likely mistake: the up blocks take the features and the skip side by side "
+                                f"along the channels, torch.cat([h, skip], dim=1) (twice the channels), not "
+                                f"their sum.") from None
+        raise

@@ -1,4 +1,5 @@
-"""Checks for the exercises of lesson 06 (scaling up: data on the device, the learning-rate scaling rule).
+"""Checks for the exercises of lesson 06 (scaling up: data on the device, the learning-rate scaling rule, a schedule
+shifted for larger images).
 
 Same rules as `diffedu.course.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
 likely mistake, a skipped one (still raising NotImplementedError) continues with the library's version
@@ -8,16 +9,17 @@ likely mistake, a skipped one (still raising NotImplementedError) continues with
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
 from diffedu.device_data import image_batch
+from diffedu.schedules import NoiseSchedule, cosine_beta_schedule, make_schedule, shift_schedule
 from diffedu.train import scale_learning_rate
 
-__all__ = ["ExerciseError", "check_image_batch", "check_scale_learning_rate"]
+__all__ = ["ExerciseError", "check_image_batch", "check_scale_learning_rate", "check_shift_schedule"]
 
 
 def check_image_batch(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -90,3 +92,55 @@ def check_scale_learning_rate(learner: Callable[..., float]) -> Callable[..., fl
     ]
     return check_exercise("scale_learning_rate", learner, scale_learning_rate, cases, mistakes=mistakes,
                           atol=1e-12, rtol=1e-9)
+
+
+def check_shift_schedule(learner: Callable[..., Any]) -> Callable[..., Any]:
+    """Lesson 06: shift_schedule(schedule, factor) -> a NoiseSchedule whose SNR at each t is the given one's / factor^2.
+
+    Compared by the alpha-bar of the schedules returned.
+    """
+    cases = [Case((make_schedule("linear", 50), 2.0), {}, "the linear schedule with T = 50, factor = 2"),
+             Case((cosine_beta_schedule(20), 4.0), {}, "the cosine schedule with T = 20, factor = 4"),
+             Case((make_schedule("linear", 10), 0.5), {}, "the linear schedule with T = 10, factor = 0.5 (less noise)")]
+
+    def alpha_bar_of(fn: Callable[..., Any]) -> Callable[..., Tensor]:
+        def run(schedule: Any, factor: float) -> Tensor:
+            out = fn(schedule, factor)
+            if not isinstance(out, NoiseSchedule):
+                raise TypeError(f"shift_schedule should return a NoiseSchedule (schedule_from_betas(betas) builds "
+                                f"one), "
+                                f"got {type(out).__name__}")
+            return out.alphas_cumprod
+        return run
+
+    def wrong(rule: Callable[[Tensor, float], Tensor], first: bool = True) -> Callable[..., Tensor]:
+        def compute(schedule: Any, factor: float) -> Tensor:
+            new = rule(schedule.alphas_cumprod.double(), factor)
+            before = torch.cat([torch.ones(1, dtype=torch.float64), new[:-1]]) if first else new[:-1]
+            betas = (1 - (new if first else new[1:]) / before).clamp(min=1e-8, max=0.999)
+            return torch.cumprod(1 - betas, 0).float()
+        return compute
+
+    def snr_rule(divide_by: Callable[[float], float]) -> Callable[[Tensor, float], Tensor]:
+        def rule(abar: Tensor, factor: float) -> Tensor:
+            snr = abar / (1 - abar) / divide_by(factor)
+            return snr / (1 + snr)
+        return rule
+
+    mistakes = [
+        Mistake("divide the SNR by factor SQUARED: averaging a x a pixels divides the noise's variance (a power, like "
+                "the SNR) by a^2.", wrong(snr_rule(lambda f: f))),
+        Mistake("the SNR goes DOWN for a larger image (factor > 1 means noisier): divide it by factor^2, do not "
+                "multiply.", wrong(snr_rule(lambda f: 1 / f**2))),
+        Mistake("shift the SNR, not alpha-bar: alpha-bar / factor^2 is not a valid schedule's alpha-bar near t = 0 (it "
+                "starts below 1). From the new SNR, alpha-bar = SNR / (1 + SNR).",
+                wrong(lambda abar, f: abar / f**2)),
+        Mistake("T betas need alpha-bar before the first step as well, which is 1 (clean data): beta_1 = 1 - "
+                "alpha-bar_1 / 1. Dividing neighbours of the new alpha-bar alone gives only T - 1 betas.",
+                wrong(snr_rule(lambda f: f**2), first=False)),
+    ]
+    learner_run, reference_run = alpha_bar_of(learner), alpha_bar_of(shift_schedule)
+    reference_run.__module__, reference_run.__qualname__ = shift_schedule.__module__, shift_schedule.__qualname__
+    checked = check_exercise("shift_schedule", learner_run, reference_run, cases, mistakes=mistakes,
+                             atol=1e-5, rtol=1e-4)
+    return learner if checked is learner_run else shift_schedule

@@ -1,4 +1,4 @@
-"""Checks for the exercises of lesson 07 (latent diffusion): the reparameterisation and the KL term.
+"""Checks for the exercises of lesson 07 (latent diffusion): the reparameterisation, the KL term and the VAE objective.
 
 Same rules as `diffedu.course.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
 likely mistake, a skipped one (still raising NotImplementedError) continues with `diffedu.models.vae`'s version.
@@ -11,10 +11,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
-from diffedu.models.vae import kl_divergence, reparameterize
+from diffedu.course.checks.core import Case, ExerciseError, Mistake, _randomise_, check_exercise
+from diffedu.models.vae import VAE, VAEConfig, kl_divergence, reparameterize, vae_loss
 
-__all__ = ["ExerciseError", "check_kl_divergence", "check_reparameterize"]
+__all__ = ["ExerciseError", "check_kl_divergence", "check_reparameterize", "check_vae_objective"]
 
 
 def check_reparameterize(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -92,3 +92,59 @@ def check_kl_divergence(learner: Callable[..., Tensor]) -> Callable[..., Tensor]
                 lambda m, lv: 0.5 * (lv.exp() - 1 - lv).flatten(1).sum(1)),
     ]
     return check_exercise("kl_divergence", learner, kl_divergence, cases, mistakes=mistakes)
+
+
+def _library_objective(vae: VAE, x: Tensor, beta: float, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The library's VAE objective with the exercise's signature: posterior, reparameterize, decode, vae_loss."""
+    mu, logvar = vae.posterior(x)
+    z = reparameterize(mu, logvar, eps if eps is not None else torch.randn_like(mu))
+    return vae_loss(x, vae.decode_unscaled(z), mu, logvar, beta)
+
+
+_library_objective.__module__, _library_objective.__qualname__ = vae_loss.__module__, "vae_loss (after VAE.forward)"
+
+
+def check_vae_objective(learner: Callable[..., tuple]) -> Callable[..., tuple]:
+    """Lesson 07: the VAE's training objective from the learner's pieces, vae_objective(vae, x, beta, eps) ->
+    (loss, reconstruction, KL): the reconstruction summed over each image's pixels, both terms averaged over the
+    batch, loss = reconstruction + beta * KL, decoded from the sample z = mu + sigma * eps."""
+    config = VAEConfig(image_size=8, pad=0, base_channels=4, channel_mults=(1, 2), latent_channels=2, norm_groups=2)
+    with torch.random.fork_rng(devices=[]):  # building the VAE draws its initial weights: leave the caller's RNG be
+        vae = _randomise_(VAE(config), seed=71).eval()
+    vae.set_latent_scale(2.0)  # so that decode (which divides by it) and decode_unscaled differ
+    g = torch.Generator().manual_seed(72)
+    x = torch.rand(3, 1, 8, 8, generator=g) * 2 - 1
+    eps = torch.randn(3, 2, 4, 4, generator=g)
+    cases = [Case((vae, x, 0.5, eps), {}, "a small random VAE (8x8 images, latents 2x4x4), 3 images, beta = 0.5, eps "
+                  "given"),
+             Case((vae, x, 1e-3, eps), {}, "the same, beta = 0.001")]
+
+    def wrong(*, decode_mu: bool = False, pixels: str = "sum", batch: str = "mean", beta_on: str = "kl",
+              decoder: str = "unscaled") -> Callable[..., tuple]:
+        def compute(v: VAE, x_: Tensor, beta: float, e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            with torch.no_grad():
+                mu, logvar = v.posterior(x_)
+                z = mu if decode_mu else reparameterize(mu, logvar, e)
+                x_hat = v.decode_unscaled(z) if decoder == "unscaled" else v.decode(z)
+                per_image = (x_hat - x_).square().flatten(1)
+                per_image = per_image.sum(dim=1) if pixels == "sum" else per_image.mean(dim=1)
+                kl_each = kl_divergence(mu, logvar)
+                reduce = (lambda a: a.mean()) if batch == "mean" else (lambda a: a.sum())
+                recon, kl = reduce(per_image), reduce(kl_each)
+                loss = recon + beta * kl if beta_on == "kl" else beta * recon + kl
+            return loss, recon, kl
+        return compute
+
+    mistakes = [
+        Mistake("decode the SAMPLE z = mu + sigma * eps, not the mean mu: decoding mu gives the spread sigma no "
+                "gradient from the reconstruction, and the KL term alone then widens it.", wrong(decode_mu=True)),
+        Mistake("the reconstruction term SUMS the squared error over each image's pixels (then averages over the "
+                "batch), as the KL sums over the latent entries; a mean over pixels makes it 64 times smaller here "
+                "(784 on MNIST) and hands the balance to the KL.", wrong(pixels="mean")),
+        Mistake("average both terms over the batch (.mean()), not sum: the loss should not grow with the batch size.",
+                wrong(batch="sum")),
+        Mistake("beta weighs the KL term: loss = reconstruction + beta * KL.", wrong(beta_on="recon")),
+        Mistake("decode with vae.decode_unscaled(z): vae.decode expects latents multiplied by latent_scale (the "
+                "diffusion model's view) and divides by it, and it clamps to [-1, 1].", wrong(decoder="scaled")),
+    ]
+    return check_exercise("vae_objective", learner, _library_objective, cases, mistakes=mistakes)
