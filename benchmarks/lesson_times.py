@@ -1,9 +1,10 @@
 """How long each lesson takes top to bottom in a profile, after a fresh kernel, as a learner runs it.
 
 Runs solutions/NN_*.ipynb (the filled-in lessons: a learner who has done the exercises) in a new kernel with
-DIFFEDU_PROFILE set, and records the seconds to results/lesson_times.jsonl (metric `lesson_seconds`,
-settings: lesson, profile, threads policy, whether DIFFEDU_DATA was set). The executed copy goes to
---out-dir, so its pictures can be looked at.
+DIFFEDU_PROFILE set, in an empty temporary working directory (so no checkpoint of an earlier run in runs/ is
+resumed: a lesson that trains, trains), and records the seconds to results/lesson_times.jsonl (metric
+`lesson_seconds`, settings: lesson, profile, threads policy, whether DIFFEDU_DATA was set, whether the CPU has
+bf16). The executed copy goes to --out-dir, so its pictures can be looked at.
 
     DIFFEDU_DATA=../shared/data python benchmarks/lesson_times.py --profile cpu 02 05
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,12 +40,12 @@ def run_lesson(path: Path, profile: str, timeout: int, out_dir: Path | None) -> 
     """Seconds to execute the notebook at `path` top to bottom in a fresh kernel, with DIFFEDU_PROFILE=profile."""
     nb = nbformat.read(path, as_version=4)
     os.environ["DIFFEDU_PROFILE"] = profile
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    client.widget_registry = {}  # no Output-widget stand-in (see the module docstring)
-    started = time.perf_counter()
-    client.execute()
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(prefix="lesson_times_") as workdir:  # a learner's first run: no runs/ checkpoints
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": workdir}})
+        client.widget_registry = {}  # no Output-widget stand-in (see the module docstring)
+        started = time.perf_counter()
+        client.execute()
+        seconds = time.perf_counter() - started
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_dir / f"{path.stem}_{profile}.ipynb")
