@@ -101,9 +101,18 @@ def betas_from_alpha_bar(alpha_bar: Callable[[Tensor], Tensor], T: int, max_beta
     if abar.shape != u.shape or not torch.all(torch.isfinite(abar)) or abar[0] <= 0:
         raise ValueError("alpha_bar(u) must map a float64 tensor u of shape (T + 1,) to finite values of the same "
                          "shape, positive at u = 0")
-    abar = abar / abar[0]
-    betas = 1.0 - abar[1:] / abar[:-1]
-    return betas.clamp(min=1e-8, max=max_beta)
+    return betas_from_alphas_cumprod(abar[1:] / abar[0], max_beta)
+
+
+def betas_from_alphas_cumprod(alphas_cumprod: Tensor, max_beta: float = 0.999) -> Tensor:
+    """The betas (float64) whose running product of 1 - beta is `alphas_cumprod`, alpha-bar after steps 1..T.
+
+    beta_t = 1 - alpha-bar_t / alpha-bar_{t-1}, with alpha-bar_0 = 1 before the first step (clean data),
+    clipped to [1e-8, max_beta].
+    """
+    abar = alphas_cumprod.to(torch.float64)
+    before = torch.cat([torch.ones(1, dtype=torch.float64, device=abar.device), abar[:-1]])
+    return (1.0 - abar / before).clamp(min=1e-8, max=max_beta)
 
 
 def cosine_alpha_bar(u: Tensor, s: float = 0.008) -> Tensor:
@@ -132,16 +141,14 @@ def shift_schedule(schedule: NoiseSchedule, factor: float, max_beta: float = 0.9
     a larger image at the same alpha-bar_t shows its coarse content more clearly; dividing the SNR by
     factor^2 gives back, to the image's coarse view, the SNR it had before (Chen 2023, Hoogeboom et al. 2023
     shift the log-SNR by the resolution ratio for this reason). The betas follow from the new alpha-bar as
-    in `betas_from_alpha_bar` (alpha-bar before the first step is 1), clipped to `max_beta`.
+    by `betas_from_alphas_cumprod`, clipped to `max_beta`.
     """
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor must be a positive number (2 for images twice as large per side), got {factor!r}")
     abar = schedule.alphas_cumprod.double()
     snr = abar / (1.0 - abar) / factor**2
-    shifted = snr / (1.0 + snr)
-    before = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
-    betas = (1.0 - shifted / before).clamp(min=1e-8, max=max_beta)
-    return schedule_from_betas(betas, f"{schedule.name}, shifted x{factor:g}")
+    return schedule_from_betas(betas_from_alphas_cumprod(snr / (1.0 + snr), max_beta),
+                               f"{schedule.name}, shifted x{factor:g}")
 
 
 def make_schedule(name: ScheduleName | str = "linear", T: int = 1000) -> NoiseSchedule:  # noqa: N803

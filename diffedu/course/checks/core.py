@@ -84,12 +84,15 @@ def check_exercise(
     fallback: Callable[..., Any] | None = None,
     before: Callable[[Callable[..., Any]], None] | None = None,
     after: Callable[[Callable[..., Any]], None] | None = None,
+    crash_hints: Sequence[tuple[str, str]] = (),
 ) -> Callable[..., Any]:
     """Compare `learner` with `reference` on `cases`; see the module docstring for what follows.
 
     `fallback` is what a skipped exercise continues with, when it is not `reference` itself. `before(learner)`
     and `after(learner)` are further checks (raising `ExerciseError`), run before the cases and after they
     agree: a mistake they name beats the plain "wrong answer" (`before`), or needs a right answer first (`after`).
+    `crash_hints` are (text, likely mistake) pairs: when the learner's code raises an error whose message contains
+    the text, the likely mistake is added to the report.
     """
     if before is not None:
         try:
@@ -107,8 +110,9 @@ def check_exercise(
         except NotImplementedError:
             return _skipped(name, fallback or reference)
         except Exception as err:  # the learner's bug, told plainly
+            hints = [f"\n  Likely mistake: {hint}" for text, hint in crash_hints if text in str(err)][:1]
             raise ExerciseError(
-                f"{name} raised {type(err).__name__}: {err}\n  on the test case: {case.describe}"
+                f"{name} raised {type(err).__name__}: {err}\n  on the test case: {case.describe}{''.join(hints)}"
             ) from err
         now = _bound(learner, case)
         changed = [arg for arg, value in inputs if not _unchanged(value, now[arg])]
@@ -289,10 +293,12 @@ def _module_pair(name: str, learner_cls: type, reference_cls: type, args: tuple,
 
 def check_module(name: str, learner_cls: type, reference_cls: type,
                   setups: Sequence[tuple[tuple, dict, tuple[Tensor, ...], bool, str]],
-                  wrong: Sequence[tuple[str, Callable[..., Tensor]]]) -> type:
+                  wrong: Sequence[tuple[str, Callable[..., Tensor]]],
+                  crash_hints: Sequence[tuple[str, str]] = ()) -> type:
     """check_exercise for an nn.Module class: each setup is (init args, init kwargs, inputs, train, describe).
 
-    Each `wrong` is (description, fn(reference_module, *inputs)) computed with the reference's weights.
+    Each `wrong` is (description, fn(reference_module, *inputs)) computed with the reference's weights;
+    `crash_hints` as in `check_exercise`.
     Returns the learner's class when it agrees, the library's class when the exercise was skipped.
     """
     try:
@@ -313,5 +319,6 @@ def check_module(name: str, learner_cls: type, reference_cls: type,
         return Mistake(describe, lambda pair, *inputs: pair.run(lambda *xs: fn(pair.reference, *xs), *inputs))
 
     cases = [Case((pair, *inputs), {}, describe) for pair, (_, _, inputs, _, describe) in zip(pairs, setups)]
-    checked = check_exercise(name, learner_fn, reference_fn, cases, mistakes=[as_mistake(d, f) for d, f in wrong])
+    checked = check_exercise(name, learner_fn, reference_fn, cases, mistakes=[as_mistake(d, f) for d, f in wrong],
+                             crash_hints=crash_hints)
     return reference_cls if checked is reference_fn else learner_cls

@@ -255,15 +255,12 @@ def check_tiny_unet(learner_cls: type) -> type:
         ("the time embedding is self.time_embed(t) (the sinusoids AND the MLP), computed once and given to every "
          "ResBlock.", variant(emb="raw")),
     ]
-    try:
-        return check_module("TinyUNet", learner_cls, TinyUNet, setups, wrong)
-    except ExerciseError as err:
-        if "Sizes of tensors must match" in str(err):  # torch.cat of two resolutions: the wrong skip
-            raise ExerciseError(f"{err}\n  Likely mistake: a skip met features of another resolution. Save each skip "
-                                f"BEFORE its downsampling, and take them back last saved, first used (skips.pop(), "
-                                f"not skips.pop(0)).") from None
-        if "number of channels in input" in str(err):  # GroupNorm of an up block: a channel count that does not fit
-            raise ExerciseError(f"{err}\n  Likely mistake: the up blocks take the features and the skip side by side "
-                                f"along the channels, torch.cat([h, skip], dim=1) (twice the channels), not "
-                                f"their sum.") from None
-        raise
+    crash_hints = [
+        ("Sizes of tensors must match",  # torch.cat of two resolutions: the wrong skip
+         "a skip met features of another resolution. Save each skip BEFORE its downsampling, and take them back "
+         "last saved, first used (skips.pop(), not skips.pop(0))."),
+        ("number of channels in input",  # GroupNorm of an up block: a channel count that does not fit
+         "the up blocks take the features and the skip side by side along the channels, torch.cat([h, skip], dim=1) "
+         "(twice the channels), not their sum."),
+    ]
+    return check_module("TinyUNet", learner_cls, TinyUNet, setups, wrong, crash_hints=crash_hints)

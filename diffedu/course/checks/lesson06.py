@@ -108,8 +108,7 @@ def check_shift_schedule(learner: Callable[..., Any]) -> Callable[..., Any]:
             out = fn(schedule, factor)
             if not isinstance(out, NoiseSchedule):
                 raise TypeError(f"shift_schedule should return a NoiseSchedule (schedule_from_betas(betas) builds "
-                                f"one), "
-                                f"got {type(out).__name__}")
+                                f"one), got {type(out).__name__}")
             return out.alphas_cumprod
         return run
 
