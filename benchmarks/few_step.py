@@ -1,0 +1,122 @@
+"""Few-step sampling: sample quality of a shipped eps model against the number of model calls, per sampler.
+
+Samples --samples images from the shipped model (default `mnist_ddpm`, lesson 04's reference) with each
+sampler at each number of model calls (nfe), from the same seed, and scores each set with
+`diffedu.metrics.evaluate_samples` (FID_self, KID, confident fraction, the real-data floor at the same count):
+
+- "ddpm" (T calls), "ddim" (eta = 0, uniform timesteps): the course's samplers;
+- "euler", "heun", "dpm_solver_pp_2m" from `diffedu.solvers`, each with "trailing" and "karras" spacing;
+- "diffusers_dpm_multistep": diffusers' DPMSolverMultistepScheduler (order 2, dpmsolver++, its default spacing)
+  through `diffedu.diffusers_bridge`, skipped with a message where diffusers is not installed.
+
+Every record's settings say `sampler`, `spacing`, `nfe`, `clip_x0` and the model. Appends to
+results/few_step.jsonl and draws results/few_step_fid_vs_nfe.png.
+
+    DIFFEDU_DATA=/path/to/npz python benchmarks/few_step.py --threads 2
+
+Tests never time anything; this script does (seconds per batch), and never fails on a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import RESULTS, quality_figures, record  # noqa: E402
+
+from diffedu.diffusers_bridge import diffusers_available, diffusers_sample, diffusers_scheduler  # noqa: E402
+from diffedu.metrics import evaluate_samples  # noqa: E402
+from diffedu.pretrained import load_pretrained  # noqa: E402
+from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
+from diffedu.solvers import ode_sample  # noqa: E402
+
+
+def runs(nfes: list[int], ddpm: bool, diffusers: bool) -> list[tuple[str, str, int]]:
+    """(sampler, spacing, levels) for every sampler at every nfe it can reach (Heun: odd nfe = 2 levels - 1)."""
+    out = [("ddpm", "every", 0)] if ddpm else []
+    for n in nfes:
+        out.append(("ddim", "uniform", n))
+        for spacing in ("trailing", "karras"):
+            out += [("euler", spacing, n), ("dpm_solver_pp_2m", spacing, n)]
+            if n >= 3:
+                out.append(("heun", spacing, (n + 1) // 2))
+        if diffusers:
+            out.append(("diffusers_dpm_multistep", "linspace", n))
+    return out
+
+
+def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, clip_x0: bool):  # noqa: N803
+    common = {"x_T": x_T, "progress": False}
+    if sampler == "ddpm":
+        gen = torch.Generator().manual_seed(1)  # the noise of its steps (x_T is shared)
+        return ddpm_sample(model, schedule, shape, generator=gen, clip_x0=clip_x0, **common)
+    if sampler == "ddim":
+        return ddim_sample(model, schedule, shape, steps=levels, eta=0.0, clip_x0=clip_x0, **common)
+    if sampler == "diffusers_dpm_multistep":
+        scheduler = diffusers_scheduler("dpm_multistep", schedule, solver_order=2, algorithm_type="dpmsolver++",
+                                        thresholding=False)
+        return diffusers_sample(model, scheduler, shape, steps=levels, **common).clamp(-1, 1)
+    return ode_sample(model, schedule, shape, solver=sampler, steps=levels, spacing=spacing, clip_x0=clip_x0, **common)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="mnist_ddpm", help="a shipped model (diffedu/weights/NAME.pt)")
+    p.add_argument("--nfe", type=int, nargs="*", default=[1, 2, 3, 5, 10, 20, 50])
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--no-ddpm", action="store_true", help="skip DDPM (T model calls per sample)")
+    p.add_argument("--no-clip", action="store_true", help="never clamp the predicted x0 (diffusers' default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--profile", default="cpu")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, schedule, info = load_pretrained(args.model, device="cpu" if args.profile != "gpu" else None)
+    device = next(model.parameters()).device
+    clip_x0 = not args.no_clip
+    train = info["record"]
+    base = {"model": args.model, "train_steps": train["steps"], "train_seconds": round(train["seconds"], 1),
+            "objective": train["train_config"].get("prediction", "eps"), "sample_count": args.samples,
+            "seed": args.seed, "sampling_batch": args.batch, "threads": torch.get_num_threads(), "clip_x0": clip_x0}
+    if not diffusers_available():
+        print("diffusers is not installed: its sampler is skipped (pip install diffusers)")
+    x_T_all = torch.randn(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))  # noqa: N806
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for sampler, spacing, levels in runs(args.nfe, not args.no_ddpm, diffusers_available()):
+        nfe = schedule.T if sampler == "ddpm" else (2 * levels - 1 if sampler == "heun" else levels)
+        out, started = [], time.perf_counter()
+        for start in range(0, args.samples, args.batch):
+            x_T = x_T_all[start:start + args.batch].to(device)  # noqa: N806
+            out.append(draw(model, schedule, sampler, spacing, levels, tuple(x_T.shape), x_T, clip_x0).cpu())
+        seconds = time.perf_counter() - started
+        x = torch.cat(out)
+        scores = evaluate_samples(x, "mnist")
+        settings = {**base, "sampler": sampler, "spacing": spacing, "nfe": nfe}
+        print(f"\n{sampler} ({spacing}) nfe {nfe}: FID_self {scores['fid_self']:.3f} (floor "
+              f"{scores['fid_self_floor']:.3f}), confident {scores['confident_fraction']:.3f}, {seconds:.1f} s")
+        for metric, value, unit in (*quality_figures(scores),
+                                    ("sample_seconds", seconds / args.samples, "s per sample")):
+            record("few_step", metric, value, unit, profile=args.profile, device=device, settings=settings)
+        curves.setdefault(f"{sampler} ({spacing})", []).append((nfe, scores["fid_self"]))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in curves.items():
+        points.sort()
+        ax.plot([n for n, _ in points], [f for _, f in points], "o-" if len(points) > 1 else "s", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="model calls per sample", ylabel="FID_self",
+           title=f"{args.model}, {args.samples} samples")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"few_step_fid_vs_nfe{'_noclip' if args.no_clip else ''}.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
