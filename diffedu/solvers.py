@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Callable, Literal, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffedu.predictions import Prediction, check_prediction
 from diffedu.provenance import resolve
@@ -45,8 +45,9 @@ SolverSpacing = Literal["trailing", "ddim", "karras"]
 SOLVER_SPACINGS: tuple[str, ...] = ("trailing", "ddim", "karras")
 SOLVERS: tuple[str, ...] = ("euler", "heun", "dpm_solver_pp_2m")
 
-__all__ = ["SOLVERS", "SOLVER_SPACINGS", "dpm_solver_pp_2m_sample", "euler_sample", "heun_sample", "karras_sigmas",
-           "nfe", "ode_sample", "schedule_sigmas", "sigma_of", "solver_timesteps", "timestep_of_sigma"]
+__all__ = ["SOLVERS", "SOLVER_SPACINGS", "GaussianEps", "dpm_solver_pp_2m_sample", "euler_sample",
+           "gaussian_ode_end", "heun_sample", "karras_sigmas", "nfe", "ode_sample", "schedule_sigmas", "sigma_of",
+           "solver_timesteps", "timestep_of_sigma"]
 
 
 def schedule_sigmas(schedule: NoiseSchedule) -> Tensor:
@@ -231,3 +232,34 @@ def dpm_solver_pp_2m_sample(model: Callable[..., Tensor], schedule: NoiseSchedul
                             **kwargs) -> Tensor:
     """`ode_sample` with DPM-Solver++(2M) (Lu et al. 2022); see `ode_sample`."""
     return ode_sample(model, schedule, shape, solver="dpm_solver_pp_2m", **kwargs)
+
+
+class GaussianEps(nn.Module):
+    """The exact noise predictor for data x_0 ~ N(0, scale^2 I), a "model" whose ODE is solved by hand.
+
+    For such data y = x_t / sqrt(abar) ~ N(0, (scale^2 + sigma^2) I), and E[eps | x_t] = sigma y / (scale^2 +
+    sigma^2), which in x_t is sqrt(1 - abar) x_t / (abar scale^2 + 1 - abar). The probability-flow ODE
+    dy/dsigma = sigma y / (scale^2 + sigma^2) then gives y proportional to sqrt(scale^2 + sigma^2): see
+    `gaussian_ode_end`. `calls` counts the forward passes. Timesteps may be ints or floats (rounded).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, scale: float = 0.5):
+        super().__init__()
+        self.register_buffer("abar", schedule.alphas_cumprod.double().clone(), persistent=False)
+        self.scale = scale
+        self.calls = 0
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        self.calls += 1
+        abar = self.abar[t.round().long()].reshape(-1, *([1] * (x.ndim - 1)))
+        return ((1 - abar).sqrt() * x.double() / (abar * self.scale**2 + 1 - abar)).to(x.dtype)
+
+
+def gaussian_ode_end(x_T: Tensor, schedule: NoiseSchedule, t_start: int, scale: float = 0.5) -> Tensor:  # noqa: N803
+    """Where the probability-flow ODE of `GaussianEps` takes x_T at timestep t_start: the exact x_0,
+
+        x_0 = y_T scale / sqrt(scale^2 + sigma_T^2),   y_T = x_T / sqrt(abar_T).
+    """
+    sigma = sigma_of(schedule, t_start)
+    abar = schedule.alphas_cumprod[t_start].double().item()
+    return (x_T.double() / abar**0.5 * scale / (scale**2 + sigma**2) ** 0.5).to(x_T.dtype)

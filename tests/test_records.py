@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diffedu.course.records import VIEWS, View, load_records, recorded_tables
+from diffedu.course.records import VIEWS, View, load_records, plot_recorded, recorded_tables
 
 
 def row(metric, value, **settings):
@@ -62,6 +62,27 @@ def test_missing_figures_say_how_to_make_them_and_a_broken_file_is_refused(tmp_p
         load_records("b", tmp_path)
     with pytest.raises(ValueError, match="no view for benchmark 'nope'"):
         recorded_tables("nope", directory=tmp_path)
+
+
+def test_plot_recorded_draws_one_line_per_series_with_the_latest_values(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    write(tmp_path, "b", [
+        row("fid_self", 9.0, sampler="ddim", nfe=10, model="m"),
+        row("fid_self", 8.0, sampler="ddim", nfe=10, model="m"),  # the latest wins
+        row("fid_self", 5.0, sampler="ddim", nfe=50, model="m"), row("fid_self", 4.0, sampler="heun", nfe=9, model="m"),
+        row("fid_self", 1.0, sampler="heun", nfe=9, model="other"),  # left out by where=
+        row("fid_self_floor", 1.1, sampler="ddim", nfe=10, model="m"),
+    ])
+    write(tmp_path, "other", [row("fid_self", 2.5, sampler="ddpm", model="m"), row("fid_self", 2.4, sampler="ddpm",
+                                                                                  model="m")])
+    ax = plot_recorded("b", x="nfe", y="fid_self", series=("sampler",), where={"model": "m"}, floor="fid_self_floor",
+                       reference=("other", {"sampler": "ddpm"}, "DDPM-1000"), directory=tmp_path)
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+    assert lines["ddim"] == ([10, 50], [8.0, 5.0]) and lines["heun"] == ([9], [4.0])
+    assert "floor 1.1" in lines and "DDPM-1000 2.4" in lines
+    assert plot_recorded("b", x="nfe", y="kid_self", series=("sampler",), directory=tmp_path) is None
 
 
 @pytest.mark.parametrize("name", sorted(VIEWS))

@@ -8,40 +8,20 @@ import torch
 from diffedu.samplers import ddim_sample
 from diffedu.schedules import make_schedule
 from diffedu.solvers import (
+    GaussianEps,
     dpm_solver_pp_2m_sample,
     euler_sample,
+    gaussian_ode_end,
     heun_sample,
     karras_sigmas,
     nfe,
     ode_sample,
-    schedule_sigmas,
     solver_timesteps,
 )
 
-SCALE = 0.5  # the data of the Gaussian toy: x0 ~ N(0, SCALE^2 I)
-
-
-class GaussianEps(torch.nn.Module):
-    """The exact eps-predictor for data N(0, SCALE^2 I): E[eps | x_t] = sqrt(1 - abar) x_t / (abar SCALE^2 + 1 - abar).
-    Its probability-flow ODE has a closed-form solution, so a solver's error can be measured exactly."""
-
-    def __init__(self, schedule):
-        super().__init__()
-        self.abar = schedule.alphas_cumprod.double()
-        self.calls = 0
-
-    def forward(self, x, t, cond=None):
-        self.calls += 1
-        abar = self.abar[t.long()].reshape(-1, *([1] * (x.ndim - 1)))
-        return ((1 - abar).sqrt() * x.double() / (abar * SCALE**2 + 1 - abar)).float()
-
 
 def exact_ode_solution(x_T, schedule, t_start):
-    """Where the probability-flow ODE takes x_T (at t_start) for N(0, SCALE^2) data: y = x / sqrt(abar) scales as
-    sqrt(SCALE^2 + sigma^2), so x0 = y_T * SCALE / sqrt(SCALE^2 + sigma_T^2)."""
-    sigma = schedule_sigmas(schedule)[t_start].item()
-    abar = schedule.alphas_cumprod[t_start].double().item()
-    return x_T.double() / abar**0.5 * SCALE / (SCALE**2 + sigma**2) ** 0.5
+    return gaussian_ode_end(x_T.double(), schedule, t_start)
 
 
 @pytest.fixture

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import matplotlib.pyplot as plt
 from IPython.display import display
 
-__all__ = ["VIEWS", "RecordedTables", "View", "load_records", "recorded_tables", "results_dir", "show_recorded"]
+__all__ = ["VIEWS", "RecordedTables", "View", "load_records", "plot_recorded", "recorded_tables", "results_dir",
+           "show_recorded"]
 
 TOP_LEVEL = ("benchmark", "metric", "value", "unit", "profile", "device", "torch", "date", "commit")
 
@@ -45,6 +47,7 @@ class View:
     only the last table. ``ratio_to_first``: add a column of this metric over its value in the first row.
     ``metric_suffix``: removed from metric names (a row field already tells such figures apart).
     ``settings_columns``: settings shown as columns after the row fields (the latest record's, in each row).
+    ``labels``: column headings for this view's metrics, where the shared ones (LABELS) do not fit.
     """
 
     tables: tuple[str, ...]
@@ -57,6 +60,7 @@ class View:
     ratio_to_first: str | None = None
     metric_suffix: str = ""
     settings_columns: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
     command: str = ""
 
 
@@ -92,6 +96,10 @@ VIEWS: dict[str, View] = {
         settings_columns=("train_steps", "train_seconds"), defaults={"ema_decay": 0.995},  # the first runs' EMA
         columns=("fid_self", "fid_self_floor", "kid_self", "confident_fraction"),
         command="python benchmarks/flow_matching.py --minutes 10"),
+    "few_step": View(
+        tables=("device", "model", "sample_count", "clip_x0"), rows=("sampler", "spacing", "nfe"),
+        columns=("fid_self", "fid_self_floor", "kid_self", "confident_fraction", "sample_seconds"),
+        labels={"sample_seconds": "s/sample"}, command="python benchmarks/few_step.py --threads 2 --no-ddpm"),
     "text2img": View(
         tables=("space", "device", "sample_count", "steps", "train_steps", "train_seconds"),
         rows=("templates", "guidance"),
@@ -263,7 +271,7 @@ def recorded_tables(benchmark: str, view: View | None = None, *,
                 cols += [(metric, v) for v in sorted(values, key=_sort_key)]
         cols = [c for c in cols if any(c in row for row in group["rows"].values())]
         cols = [("setting", name) for name in view.settings_columns] + cols
-        names = [*view.rows, *map(_label, cols)]
+        names = [*view.rows, *(view.labels.get(c, _label(c)) if isinstance(c, str) else _label(c) for c in cols)]
         row_keys = list(group["rows"])
         if view.ratio_to_first is None:
             row_keys.sort(key=lambda row: tuple(_sort_key(v) for v in row))
@@ -293,3 +301,46 @@ def _label(column: Any) -> str:
 def show_recorded(benchmark: str, view: View | None = None, *, directory: str | os.PathLike[str] | None = None) -> None:
     """Show the recorded figures of ``benchmark`` (see `recorded_tables`): HTML in a notebook, text elsewhere."""
     display(recorded_tables(benchmark, view, directory=directory))
+
+
+def plot_recorded(benchmark: str, *, x: str, y: str, series: tuple[str, ...], where: Mapping[str, Any] | None = None,
+                  floor: str | None = None, reference: tuple[str, Mapping[str, Any], str] | None = None, ax=None,
+                  logx: bool = True, logy: bool = True, directory: str | os.PathLike[str] | None = None):
+    """Plot the recorded metric ``y`` against the setting ``x``, one line per value of the fields ``series``.
+
+    ``where`` keeps only the records whose fields have these values; later records win over earlier ones at the
+    same point. ``floor``: a metric drawn as a dotted line at its latest value (for example the real-data floor).
+    ``reference``: (benchmark, where, label), the latest ``y`` of another benchmark's matching records drawn as a
+    dashed line (for example DDPM-1000 of the same model). Returns the axes (None, with a message, where nothing is
+    recorded).
+    """
+    records = [r for r in load_records(benchmark, directory)
+               if all(_field(r, k, {}) == v for k, v in (where or {}).items())]
+    lines: dict[tuple, dict[Any, float]] = {}
+    floor_value = None
+    for r in records:
+        if r["metric"] == y:
+            lines.setdefault(tuple(_field(r, k, {}) for k in series), {})[_field(r, x, {})] = r["value"]
+        elif floor is not None and r["metric"] == floor:
+            floor_value = r["value"]
+    if not lines:
+        print(f"no recorded {y!r} for {benchmark!r}" + (f" with {dict(where)}" if where else ""))
+        return None
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.2))
+    markers = "os^vD<>pPX*h"
+    for k, (key, points) in enumerate(sorted(lines.items(), key=lambda kv: tuple(map(_sort_key, kv[0])))):
+        xs = sorted(points, key=_sort_key)
+        ax.plot(xs, [points[v] for v in xs], marker=markers[k % len(markers)], ms=4, lw=1.2,
+                label=" ".join(_format(v) for v in key))
+    if floor_value is not None:
+        ax.axhline(floor_value, color="k", ls=":", lw=1, label=f"{_label(floor)} {_format(floor_value)}")
+    if reference is not None:
+        name, match, label = reference
+        values = [r["value"] for r in load_records(name, directory)
+                  if r["metric"] == y and all(_field(r, k, {}) == v for k, v in match.items())]
+        if values:
+            ax.axhline(values[-1], color="k", ls="--", lw=1, label=f"{label} {_format(values[-1])}")
+    ax.set(xlabel=x, ylabel=_label(y), xscale="log" if logx else "linear", yscale="log" if logy else "linear")
+    ax.legend(fontsize=7, ncol=2)
+    return ax

@@ -1,4 +1,4 @@
-"""The exercise checks: one module per lesson (`lesson01` ... `lesson10`) on one shared core (`core`).
+"""The exercise checks: one module per lesson (`lesson01` ... `lesson13`) on one shared core (`core`).
 
 A lesson imports its own checks, ``from diffedu.course.checks import lesson01 as checks``, and hands each
 exercise to one: ``q_sample = checks.check_q_sample(q_sample)``. This package also gathers every check
@@ -16,3 +16,4 @@ from diffedu.course.checks.lesson07 import *  # noqa: F401,F403
 from diffedu.course.checks.lesson08 import *  # noqa: F401,F403
 from diffedu.course.checks.lesson09 import *  # noqa: F401,F403
 from diffedu.course.checks.lesson10 import *  # noqa: F401,F403
+from diffedu.course.checks.lesson13 import *  # noqa: F401,F403

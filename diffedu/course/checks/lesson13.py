@@ -1,0 +1,133 @@
+"""Checks for the exercises of lesson 13 (sampling in a handful of steps): EDM's noise levels, and a whole Heun
+sampler for an eps model on the probability-flow ODE.
+
+The sampler's cases use `GaussianEps`, the exact noise predictor of Gaussian data (a closed-form function of x and
+t), so a check needs no training and every mistake gives a visibly different number.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
+from diffedu.schedules import make_schedule
+from diffedu.solvers import GaussianEps, heun_sample, karras_sigmas
+
+__all__ = ["ExerciseError", "check_karras_sigmas", "check_my_heun_sample"]
+
+
+def check_karras_sigmas(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Lesson 13: karras_sigmas(sigma_min, sigma_max, steps, rho) -> `steps` levels from sigma_max down to sigma_min."""
+    cases = [
+        Case((0.01, 80.0, 5, 7.0), {}, "sigma_min = 0.01, sigma_max = 80, 5 levels, rho = 7"),
+        Case((1.0, 3.0, 3, 1.0), {}, "sigma_min = 1, sigma_max = 3, 3 levels, rho = 1 (so: 3, 2, 1)"),
+        Case((0.002, 157.0, 8, 3.0), {}, "sigma_min = 0.002, sigma_max = 157, 8 levels, rho = 3"),
+    ]
+
+    def wrong(kind: str) -> Callable[..., Tensor]:
+        def compute(sigma_min: float, sigma_max: float, steps: int, rho: float) -> Tensor:
+            ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+            if kind == "ascending":
+                return karras_sigmas(sigma_min, sigma_max, steps, rho).flip(0)
+            if kind == "rho_inverted":
+                lo, hi = sigma_min**rho, sigma_max**rho
+                return (hi + ramp * (lo - hi)) ** (1 / rho)
+            if kind == "linear":
+                return sigma_max + ramp * (sigma_min - sigma_max)
+            if kind == "steps_plus_one":
+                ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)[:-1]
+            lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+            return (hi + ramp * (lo - hi)) ** rho
+        return compute
+
+    mistakes = [
+        Mistake("the levels run upwards; a sampler starts at sigma_max, so the first value is sigma_max.",
+                wrong("ascending")),
+        Mistake("the roles of rho are swapped: interpolate sigma^(1/rho) linearly, then raise to the power rho.",
+                wrong("rho_inverted")),
+        Mistake("the levels are evenly spaced in sigma itself; space sigma^(1/rho) evenly instead.", wrong("linear")),
+        Mistake("the ramp has steps + 1 points with the last dropped, so sigma_min is never reached: use "
+                "torch.linspace(0, 1, steps), whose last point is 1.", wrong("steps_plus_one")),
+    ]
+    return check_exercise("karras_sigmas", learner, karras_sigmas, cases, mistakes=mistakes, rtol=1e-5)
+
+
+def check_my_heun_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Lesson 13: my_heun_sample(model, schedule, x_T, timesteps) -> x_0, checked against `diffedu.solvers.heun_sample`.
+
+    Also compares the timesteps the model is called at (2 per level but the last: its step to sigma = 0 is Euler's).
+    """
+    schedule = make_schedule("linear", 1000)
+    g = torch.Generator().manual_seed(13)
+    x_T = torch.randn(3, 2, generator=g)  # noqa: N806
+
+    def run(fn: Callable[..., Tensor], timesteps: list[int]) -> tuple[Tensor, Tensor]:
+        model, calls = GaussianEps(schedule), []
+
+        def counted(x: Tensor, t: Tensor) -> Tensor:
+            if not isinstance(t, Tensor) or t.shape != (x.shape[0],):
+                raise ExerciseError("call the model as model(x_t, t) with t a tensor of shape (B,), one timestep "
+                                    f"per sample (got t = {t!r}); torch.full((len(x),), t) makes one")
+            calls.append(float(t.flatten()[0]))
+            return model(x, t)
+
+        out = fn(counted, schedule, x_T.clone(), list(timesteps))
+        if not isinstance(out, Tensor):
+            raise ExerciseError(f"my_heun_sample should return x_0 (a tensor), got {type(out).__name__}")
+        return out, torch.tensor(calls)
+
+    def library(model, schedule_, x, timesteps):
+        return heun_sample(model, schedule_, tuple(x.shape), timesteps=timesteps, x_T=x, prediction="eps",
+                           clip_x0=False, progress=False)
+
+    def loop(*, corrector=True, mean=True, scale_in=True, scale_start=True):
+        def sample(model, schedule_, x, timesteps):
+            abar = schedule_.alphas_cumprod.double()
+            sig = [((1 - abar[t]) / abar[t]).sqrt().item() for t in timesteps] + [0.0]
+            y = x.double() / (abar[timesteps[0]].sqrt() if scale_start else 1.0)
+
+            def eps_at(y_: Tensor, t: int) -> Tensor:
+                inp = y_ * abar[t].sqrt() if scale_in else y_
+                return model(inp.float(), torch.full((len(y_),), t)).double()
+
+            for i, t in enumerate(timesteps):
+                eps = eps_at(y, t)
+                y_next = y + (sig[i + 1] - sig[i]) * eps
+                if corrector and sig[i + 1] > 0:
+                    eps_next = eps_at(y_next, timesteps[i + 1])
+                    slope = 0.5 * (eps + eps_next) if mean else eps_next
+                    y_next = y + (sig[i + 1] - sig[i]) * slope
+                y = y_next
+            return y.float()
+        return sample
+
+    cases = [Case(([999, 600, 250, 60, 0],), {},
+                  "3 points in 2-D, timesteps [999, 600, 250, 60, 0], the exact eps-predictor of Gaussian data "
+                  "(compared: x_0 and the timesteps of the model calls)"),
+             Case(([400],), {}, "3 points, a single level, t = 400: one Euler step to sigma = 0, one model call")]
+    mistakes = [
+        Mistake("this is Euler's method: after the Euler guess, call the model again at the guess, at the next "
+                "level's timestep, and step with the mean of the two eps.", lambda ts: run(loop(corrector=False), ts)),
+        Mistake("the corrector uses only the new eps; Heun steps with the mean of the two, 0.5 (eps + eps_next).",
+                lambda ts: run(loop(mean=False), ts)),
+        Mistake("the model is called on y; it was trained on x_t = sqrt(abar_t) y: multiply before the call.",
+                lambda ts: run(loop(scale_in=False), ts)),
+        Mistake("y starts at x_T itself; y = x / sqrt(abar), so divide x_T by sqrt(abar) at the first timestep.",
+                lambda ts: run(loop(scale_start=False), ts)),
+    ]
+
+    def learner_run(timesteps: list[int]) -> tuple[Tensor, Tensor]:
+        return run(learner, timesteps)
+
+    def reference_run(timesteps: list[int]) -> tuple[Tensor, Tensor]:
+        return run(library, timesteps)
+
+    reference_run.__module__, reference_run.__qualname__ = heun_sample.__module__, heun_sample.__qualname__
+    checked = check_exercise("my_heun_sample", learner_run, reference_run, cases, mistakes=mistakes,
+                             fallback=reference_run, atol=1e-4, rtol=1e-4)
+    if checked is learner_run:
+        return learner
+    return library
