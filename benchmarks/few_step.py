@@ -7,7 +7,9 @@ sampler at each number of model calls (nfe), from the same seed, and scores each
 - "ddpm" (T calls), "ddim" (eta = 0, uniform timesteps): the course's samplers;
 - "euler" on "trailing" levels, "heun" and "dpm_solver_pp_2m" on "trailing" and "karras" levels (`diffedu.solvers`);
 - "diffusers_dpm_multistep": diffusers' DPMSolverMultistepScheduler (order 2, dpmsolver++, its default spacing)
-  through `diffedu.diffusers_bridge`, skipped with a message where diffusers is not installed.
+  through `diffedu.diffusers_bridge`, skipped with a message where diffusers is not installed;
+- with --flow-model NAME, a flow-matching model instead (lesson 10's `mnist_flow`), by Euler, Heun and
+  DPM-Solver++(2M) on uniform times (`diffedu.flow.flow_sample`).
 
 Every record's settings say `sampler`, `spacing`, `nfe`, `clip_x0` and the model. Appends to
 results/few_step.jsonl and draws results/few_step_fid_vs_nfe.png.
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, quality_figures, record  # noqa: E402
 
 from diffedu.diffusers_bridge import diffusers_available, diffusers_sample, diffusers_scheduler  # noqa: E402
+from diffedu.flow import flow_sample  # noqa: E402
 from diffedu.metrics import evaluate_samples  # noqa: E402
 from diffedu.pretrained import load_pretrained  # noqa: E402
 from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
@@ -60,6 +63,8 @@ def runs(nfes: list[int], full: list[int], ddpm: bool, diffusers: bool) -> list[
 
 def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, clip_x0: bool):  # noqa: N803
     common = {"x_T": x_T, "progress": False}
+    if schedule is None:  # a flow-matching model: Euler or Heun on uniform times (lesson 10)
+        return flow_sample(model, shape, steps=levels, sampler=sampler, **common).clamp(-1, 1)
     if sampler == "ddpm":
         gen = torch.Generator().manual_seed(1)  # the noise of its steps (x_T is shared)
         return ddpm_sample(model, schedule, shape, generator=gen, clip_x0=clip_x0, **common)
@@ -74,7 +79,9 @@ def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, c
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="mnist_ddpm", help="a shipped model (diffedu/weights/NAME.pt)")
+    p.add_argument("--model", default="mnist_ddpm", help="a shipped eps model (diffedu/weights/NAME.pt)")
+    p.add_argument("--flow-model", default=None,
+                   help="a shipped flow-matching model (e.g. mnist_flow) to score instead, with Euler and Heun")
     p.add_argument("--nfe", type=int, nargs="*", default=[1, 2, 3, 5, 10, 20, 50])
     p.add_argument("--few-samplers-at", type=int, nargs="*", default=[50],
                    help="model-call counts at which only the main samplers run (DDIM, and the solvers on trailing)")
@@ -88,18 +95,27 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, schedule, info = load_pretrained(args.model, device="cpu" if args.profile != "gpu" else None)
+    name = args.flow_model or args.model
+    model, schedule, info = load_pretrained(name, device="cpu" if args.profile != "gpu" else None)
+    if args.flow_model:
+        schedule = None
     device = next(model.parameters()).device
     clip_x0 = not args.no_clip
     train = info["record"]
-    base = {"model": args.model, "train_steps": train["steps"], "train_seconds": round(train["seconds"], 1),
-            "objective": train["train_config"].get("prediction", "eps"), "sample_count": args.samples,
+    base = {"model": name, "train_steps": train["steps"], "train_seconds": round(train["seconds"], 1),
+            "objective": ("flow" if train["train_config"].get("objective") == "flow"
+                          else train["train_config"].get("prediction", "eps")), "sample_count": args.samples,
             "seed": args.seed, "sampling_batch": args.batch, "threads": torch.get_num_threads(), "clip_x0": clip_x0}
     if not diffusers_available():
         print("diffusers is not installed: its sampler is skipped (pip install diffusers)")
     x_T_all = torch.randn(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))  # noqa: N806
     curves: dict[str, list[tuple[int, float]]] = {}
-    for sampler, spacing, levels in runs(args.nfe, args.few_samplers_at, not args.no_ddpm, diffusers_available()):
+    if args.flow_model:
+        plan = ([("euler", "uniform", n) for n in args.nfe] + [("dpm_solver_pp_2m", "uniform", n) for n in args.nfe]
+                + [("heun", "uniform", (n + 1) // 2) for n in args.nfe if n >= 3])
+    else:
+        plan = runs(args.nfe, args.few_samplers_at, not args.no_ddpm, diffusers_available())
+    for sampler, spacing, levels in plan:
         nfe = schedule.T if sampler == "ddpm" else (2 * levels - 1 if sampler == "heun" else levels)
         out, started = [], time.perf_counter()
         for start in range(0, args.samples, args.batch):
@@ -121,10 +137,10 @@ def main(argv: list[str] | None = None) -> None:
         points.sort()
         ax.plot([n for n, _ in points], [f for _, f in points], "o-" if len(points) > 1 else "s", label=label)
     ax.set(xscale="log", yscale="log", xlabel="model calls per sample", ylabel="FID_self",
-           title=f"{args.model}, {args.samples} samples")
+           title=f"{name}, {args.samples} samples")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"few_step_fid_vs_nfe{'_noclip' if args.no_clip else ''}.png", dpi=120)
+    fig.savefig(RESULTS / f"few_step_fid_vs_nfe_{name}{'_noclip' if args.no_clip else ''}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ __all__ = [
 TIME_SCALE = 1000.0  # the network sees t * 1000: the range of the DDPM steps its time embedding was built for
 TimeSampling = Literal["uniform", "logit_normal"]
 TIME_SAMPLINGS: tuple[str, ...] = ("uniform", "logit_normal")
-FlowSampler = Literal["euler", "heun"]
-FLOW_SAMPLERS: tuple[str, ...] = ("euler", "heun")
+FlowSampler = Literal["euler", "heun", "dpm_solver_pp_2m"]
+FLOW_SAMPLERS: tuple[str, ...] = ("euler", "heun", "dpm_solver_pp_2m")
 
 
 def _as_batch_times(t: Tensor | float, x: Tensor) -> Tensor:
@@ -172,6 +172,11 @@ def flow_sample(
     x <- x + (t_next - t) (v(x, t) + v(x_guess, t_next)) / 2, two calls a step, but the last step (to t = 0) is
     plain Euler, as in the Heun sampler of Karras et al. (2022), where the slope is undefined at sigma = 0; here
     the reason is that the network is hardly ever trained at t = 0.
+    ``sampler="dpm_solver_pp_2m"``: DPM-Solver++(2M) (Lu et al. 2022) with alpha_t = 1 - t, sigma_t = t and
+    lambda = log(alpha / sigma): with D = x - t v (the predicted x0),
+    x <- (t_next / t) x + (1 - t_next) (1 - e^(-h)) D', h = lambda_next - lambda, where D' = D for a first-order
+    step (which is Euler's step again) and D + (D - D_prev) / (2 r), r = h_prev / h, once two finite steps are
+    behind (the first step, from lambda = -inf at t = 1, and the last, to t = 0, stay first order). One call a step.
     Model calls (NFE, `nfe`): steps for Euler, 2 steps - 1 for Heun.
 
     The callback gets {"i", "t", "x", "pred_x0"} after each step: x at the new time and the model's
@@ -186,6 +191,7 @@ def flow_sample(
     def v_at(x_: Tensor, t_: float) -> Tensor:
         return velocity(model, x_, t_, cond=cond, guidance=guidance, uncond=uncond)
 
+    previous: tuple[Tensor, float] | None = None  # DPM-Solver++: the last D and the last step's h
     with eval_mode(model):
         for i in progress_bar(range(steps), progress, f"flow {sampler}"):
             t, t_next = times[i], times[i + 1]
@@ -194,15 +200,31 @@ def flow_sample(
             x_next = euler_step(x, t, t_next, v)
             if sampler == "heun" and t_next > 0:
                 x_next = x + (t_next - t) * 0.5 * (v + v_at(x_next, t_next))
+            elif sampler == "dpm_solver_pp_2m":
+                h = _flow_lambda(t_next) - _flow_lambda(t)  # inf at either end: then a first-order (Euler) step
+                d = pred_x0
+                if previous is not None and math.isfinite(h) and math.isfinite(previous[1]):
+                    d = pred_x0 + (pred_x0 - previous[0]) / (2 * previous[1] / h)
+                    x_next = (t_next / t) * x + (1 - t_next) * (1 - math.exp(-h)) * d
+                previous = (pred_x0, h)
             x = x_next
             if callback is not None:
                 callback({"i": i, "t": t, "x": x, "pred_x0": pred_x0})
     return x
 
 
+def _flow_lambda(t: float) -> float:
+    """log(alpha_t / sigma_t) = log((1 - t) / t) of the straight path: -inf at t = 1 (noise), inf at t = 0."""
+    if t >= 1:
+        return -math.inf
+    if t <= 0:
+        return math.inf
+    return math.log((1 - t) / t)
+
+
 def nfe(sampler: FlowSampler, steps: int) -> int:
-    """Model calls of `flow_sample`: steps for Euler, 2 steps - 1 for Heun."""
-    return steps if sampler == "euler" else 2 * steps - 1
+    """Model calls of `flow_sample`: steps for Euler and DPM-Solver++, 2 steps - 1 for Heun."""
+    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 def pf_ode_sigma(schedule: NoiseSchedule, t: int) -> float:

@@ -9,8 +9,8 @@ sampler here walks a descending list of the schedule's own timesteps (so the mod
 trained on), with the noise level sigma of each, and a last step to sigma = 0, the data:
 
 - `euler_sample`: y_next = y + (sigma_next - sigma) eps, one model call a step (DDIM at eta = 0).
-- `heun_sample`: Karras et al. 2022 (EDM), Algorithm 1 without churn: an Euler step, a second model call at
-  its end, and the step redone with the average slope; the last step (to sigma = 0) stays Euler, so `steps`
+- `heun_sample`: Karras et al. 2022 (EDM), their deterministic Algorithm 1: an Euler step, a second model call
+  at its end, and the step redone with the average slope; the last step (to sigma = 0) stays Euler, so `steps`
   levels cost 2 steps - 1 calls.
 - `dpm_solver_pp_2m_sample`: Lu et al. 2022 (DPM-Solver++), the multistep second-order solver. In lambda =
   -log sigma the ODE is solved exactly for a D held constant over the step,
@@ -95,7 +95,7 @@ def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: SolverSpacing
     """The `steps` distinct timesteps a solver visits, descending from T - 1 (pure noise); then it steps to the data.
 
     - "trailing": t_k = round(T (1 - k / steps)) - 1, k = 0..steps-1: uniform in t, the last at T / steps - 1
-      (diffusers' "trailing" spacing; Lin et al. 2024 argue for it).
+      (the "trailing" spacing of Lin et al. 2024, Table 2, and of diffusers).
     - "ddim": `diffedu.samplers.ddim_timesteps(T, steps)`, uniform from T - 1 down to 0.
     - "karras": `karras_sigmas` from sigma_{T-1} down to `sigma_min` (default sigma_0, the schedule's lowest),
       each rounded to the nearest timestep in log sigma; where two round to the same one the lower moves down.
@@ -224,7 +224,7 @@ def euler_sample(model: Callable[..., Tensor], schedule: NoiseSchedule, shape: t
 
 
 def heun_sample(model: Callable[..., Tensor], schedule: NoiseSchedule, shape: tuple[int, ...], **kwargs) -> Tensor:
-    """`ode_sample` with Heun's method (EDM's Algorithm 1, no churn); see `ode_sample`."""
+    """`ode_sample` with Heun's method (EDM's deterministic Algorithm 1); see `ode_sample`."""
     return ode_sample(model, schedule, shape, solver="heun", **kwargs)
 
 

@@ -152,3 +152,44 @@ def test_diffusers_scheduler_refuses_unknown_names():
 
     with pytest.raises(ValueError, match="unknown scheduler"):
         diffusers_scheduler("lms", make_schedule("linear", 10))
+
+
+# ---- the same solvers for a flow-matching model (diffedu.flow.flow_sample) ------------------------------------
+
+
+class GaussianVelocity(torch.nn.Module):
+    """The exact velocity E[eps - x0 | x_t] of the straight path x_t = (1 - t) x0 + t eps for x0 ~ N(0, s^2 I):
+    v = x (t - (1 - t) s^2) / m(t)^2 with m(t)^2 = (1 - t)^2 s^2 + t^2, whose ODE scales x by m(t): x_0 = s x_1."""
+
+    def __init__(self, s=0.5):
+        super().__init__()
+        self.s, self.calls = s, 0
+
+    def forward(self, x, t_model, cond=None):
+        self.calls += 1
+        t = (t_model.double() / 1000.0).reshape(-1, *([1] * (x.ndim - 1)))
+        return (x.double() * (t - (1 - t) * self.s**2) / ((1 - t) ** 2 * self.s**2 + t**2)).to(x.dtype)
+
+
+def test_flow_dpm_solver_pp_converges_at_second_order_and_its_first_step_is_euler():
+    from diffedu.flow import flow_sample
+    from diffedu.flow import nfe as flow_nfe
+
+    model = GaussianVelocity(0.5)
+    x_T = torch.randn(512, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    exact = 0.5 * x_T
+
+    def error(sampler, steps):
+        x = flow_sample(model, x_T.shape, steps=steps, sampler=sampler, x_T=x_T, progress=False)
+        return (x - exact).abs().max().item()
+
+    # uniform times are very uneven steps in lambda = log((1 - t) / t), so the order shows only from about 40 steps on
+    euler, dpm = {n: error("euler", n) for n in (40, 160)}, {n: error("dpm_solver_pp_2m", n) for n in (40, 160)}
+    assert 3.0 < euler[40] / euler[160] < 5.0, euler
+    assert dpm[40] / dpm[160] > 6 and dpm[40] < euler[40] / 5, (dpm, euler)
+    # with one or two steps there is nothing to extrapolate from: DPM-Solver++ is Euler
+    for steps in (1, 2):
+        assert error("dpm_solver_pp_2m", steps) == pytest.approx(error("euler", steps), abs=1e-12)
+    model.calls = 0
+    flow_sample(model, x_T.shape, steps=7, sampler="dpm_solver_pp_2m", x_T=x_T, progress=False)
+    assert model.calls == flow_nfe("dpm_solver_pp_2m", 7) == 7 and flow_nfe("heun", 7) == 13
