@@ -31,6 +31,7 @@ eq. 5), which packs the levels towards low noise.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -45,9 +46,9 @@ SolverSpacing = Literal["trailing", "ddim", "karras"]
 SOLVER_SPACINGS: tuple[str, ...] = ("trailing", "ddim", "karras")
 SOLVERS: tuple[str, ...] = ("euler", "heun", "dpm_solver_pp_2m")
 
-__all__ = ["SOLVERS", "SOLVER_SPACINGS", "GaussianEps", "dpm_solver_pp_2m_sample", "euler_sample",
-           "gaussian_ode_end", "heun_sample", "karras_sigmas", "nfe", "ode_sample", "schedule_sigmas", "sigma_of",
-           "solver_timesteps", "timestep_of_sigma"]
+__all__ = ["SOLVERS", "SOLVER_SPACINGS", "GaussianEps", "dpm_solver_pp_2m_sample", "dpm_solver_pp_2m_step",
+           "euler_sample", "gaussian_ode_end", "heun_sample", "karras_sigmas", "nfe", "ode_sample", "schedule_sigmas",
+           "sigma_of", "solver_timesteps", "timestep_of_sigma"]
 
 
 def schedule_sigmas(schedule: NoiseSchedule) -> Tensor:
@@ -120,6 +121,26 @@ def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: SolverSpacing
     for k in range(len(out) - 1, -1, -1):
         out[k] = max(out[k], len(out) - 1 - k)
     return out
+
+
+def dpm_solver_pp_2m_step(y: Tensor, sigma: float, sigma_next: float, d: Tensor, d_prev: Tensor | None = None,
+                          sigma_prev: float | None = None) -> Tensor:
+    """One DPM-Solver++(2M) step in y from `sigma` to `sigma_next` < sigma, given the denoiser D = y - sigma eps here
+    and, after the first step, D_prev at the previous level `sigma_prev`:
+
+        y_next = (sigma_next / sigma) y + (1 - sigma_next / sigma) D'
+        D'     = D + (D - D_prev) / (2 r),   r = h_prev / h,
+        h      = log(sigma / sigma_next),   h_prev = log(sigma_prev / sigma)
+
+    D' = D (first order: DDIM's step) without D_prev, and at sigma_next = 0, where the step returns D itself.
+    """
+    ratio = sigma_next / sigma  # e^(-h)
+    if d_prev is not None and sigma_next > 0:
+        if sigma_prev is None:
+            raise ValueError("a second-order step needs sigma_prev, the level where d_prev was predicted")
+        r = math.log(sigma_prev / sigma) / math.log(sigma / sigma_next)
+        d = d + (d - d_prev) / (2 * r)
+    return ratio * y + (1 - ratio) * d
 
 
 def nfe(solver: str, steps: int) -> int:
@@ -202,14 +223,7 @@ def ode_sample(
                 _, eps_next = denoise(y_euler, i + 1)
                 y = y + (sigma_next - sigma) * 0.5 * (eps + eps_next)
             else:  # DPM-Solver++(2M)
-                ratio = sigma_next / sigma  # = exp(-h), h = lambda_next - lambda
-                d_used = d
-                if previous_d is not None and sigma_next > 0:
-                    h = torch.log(torch.tensor(sigma / sigma_next, dtype=torch.float64))
-                    h_last = torch.log(torch.tensor(sigmas[i - 1] / sigma, dtype=torch.float64))
-                    r = (h_last / h).item()
-                    d_used = d + (d - previous_d) / (2 * r)
-                y = ratio * y + (1 - ratio) * d_used
+                y = dpm_solver_pp_2m_step(y, sigma, sigma_next, d, previous_d, sigmas[i - 1] if i > 0 else None)
                 previous_d = d
             t_next = levels[i + 1] if i + 1 < len(levels) else -1
             if callback is not None:

@@ -1,5 +1,5 @@
-"""Checks for the exercises of lesson 13 (sampling in a handful of steps): EDM's noise levels, and a whole Heun
-sampler for an eps model on the probability-flow ODE.
+"""Checks for the exercises of lesson 13 (sampling in a handful of steps): EDM's noise levels, a whole Heun
+sampler for an eps model on the probability-flow ODE, and one DPM-Solver++(2M) update.
 
 The sampler's cases use `GaussianEps`, the exact noise predictor of Gaussian data (a closed-form function of x and
 t), so a check needs no training and every mistake gives a visibly different number.
@@ -7,6 +7,7 @@ t), so a check needs no training and every mistake gives a visibly different num
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -14,9 +15,9 @@ from torch import Tensor
 
 from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
 from diffedu.schedules import make_schedule
-from diffedu.solvers import GaussianEps, heun_sample, karras_sigmas
+from diffedu.solvers import GaussianEps, dpm_solver_pp_2m_step, heun_sample, karras_sigmas
 
-__all__ = ["ExerciseError", "check_karras_sigmas", "check_my_heun_sample"]
+__all__ = ["ExerciseError", "check_dpm_solver_pp_2m_update", "check_karras_sigmas", "check_my_heun_sample"]
 
 
 def check_karras_sigmas(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -131,3 +132,44 @@ def check_my_heun_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor
     if checked is learner_run:
         return learner
     return library
+
+
+def check_dpm_solver_pp_2m_update(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Lesson 13: dpm_solver_pp_2m_update(y, sigma, sigma_next, d, d_prev=None, sigma_prev=None) -> y at sigma_next."""
+    g = torch.Generator().manual_seed(130)
+    y, d, d_prev = (torch.randn(2, 3, generator=g) * k for k in (4.0, 1.0, 1.0))
+    cases = [
+        Case((y, 5.0, 2.0, d), {}, "the first step: y and D of shape (2, 3), sigma 5 -> 2, no D_prev yet"),
+        Case((y, 2.0, 0.5, d, d_prev, 6.0), {}, "a second-order step: sigma 2 -> 0.5, D_prev predicted at sigma 6"),
+        Case((y, 0.5, 0.0, d, d_prev, 2.0), {}, "the last step, sigma 0.5 -> 0, with a D_prev at sigma 2",
+             nan_hint="at sigma_next = 0 the step is first order and returns D: h = log(sigma / 0) is infinite, so "
+                      "skip the extrapolation there (as when there is no D_prev)."),
+    ]
+
+    def wrong(kind: str) -> Callable[..., Tensor]:
+        def compute(y_, sigma, sigma_next, d_, d_prev_=None, sigma_prev=None):
+            ratio = sigma_next / sigma
+            if kind != "first_order" and d_prev_ is not None and sigma_next > 0:
+                h, h_prev = math.log(sigma / sigma_next), math.log(sigma_prev / sigma)
+                r = h / h_prev if kind == "r_inverted" else h_prev / h
+                sign = -1 if kind == "sign" else 1
+                d_ = d_ + sign * (d_ - d_prev_) / (2 * r)
+            if kind == "ratio_inverted":
+                ratio = sigma / sigma_next
+            return ratio * y_ + (1 - ratio) * d_
+        return compute
+
+    mistakes = [
+        Mistake("D_prev is never used: with a previous D (and sigma_next > 0) replace D by D + (D - D_prev) / (2 r).",
+                wrong("first_order")),
+        Mistake("r is upside down: r = h_prev / h, the previous step's length in lambda over this one's, with "
+                "h = log(sigma / sigma_next) and h_prev = log(sigma_prev / sigma).", wrong("r_inverted")),
+        Mistake("the extrapolation goes the wrong way: D changes by about (D - D_prev) per previous step, so add "
+                "(D - D_prev) / (2 r).", wrong("sign")),
+        Mistake("the ratio is upside down: e^(-h) = sigma_next / sigma, which is below 1 when sampling.",
+                wrong("ratio_inverted")),
+    ]
+    last_step = ("at sigma_next = 0 the step is first order and returns D: h = log(sigma / 0) is infinite, so skip "
+                 "the extrapolation there (as when there is no D_prev).")
+    return check_exercise("dpm_solver_pp_2m_update", learner, dpm_solver_pp_2m_step, cases, mistakes=mistakes,
+                          crash_hints=(("division by zero", last_step), ("math domain error", last_step)))
