@@ -9,7 +9,7 @@ a noise eps by a straight line and teaches a network the velocity along it:
 
 The minimiser is v*(x, t) = E[eps - x0 | x_t = x], a velocity field whose ODE dx/dt = v*(x, t) carries
 N(0, I) at t = 1 to the data at t = 0. Sampling integrates it backwards in t, from noise to data, with
-Euler's method or Heun's (`flow_sample`). Stable Diffusion 3 and Flux are trained this way; SD3 draws
+Euler's method, Heun's or DPM-Solver++(2M) (`flow_sample`). Stable Diffusion 3 and Flux are trained this way; SD3 draws
 the training times from a logit-normal (Esser et al. 2024: t = sigmoid(n), n ~ N(m, s)) and samples on a
 grid shifted towards the noise (`flow_timesteps(shift=...)`).
 
@@ -177,7 +177,7 @@ def flow_sample(
     x <- (t_next / t) x + (1 - t_next) (1 - e^(-h)) D', h = lambda_next - lambda, where D' = D for a first-order
     step (which is Euler's step again) and D + (D - D_prev) / (2 r), r = h_prev / h, once two finite steps are
     behind (the first step, from lambda = -inf at t = 1, and the last, to t = 0, stay first order). One call a step.
-    Model calls (NFE, `nfe`): steps for Euler, 2 steps - 1 for Heun.
+    Model calls (NFE, `nfe`): steps for Euler and DPM-Solver++, 2 steps - 1 for Heun.
 
     The callback gets {"i", "t", "x", "pred_x0"} after each step: x at the new time and the model's
     estimate of the clean image, pred_x0 = x - t v (the end of the straight line through x).

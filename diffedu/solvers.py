@@ -23,8 +23,8 @@ trained on), with the noise level sigma of each, and a last step to sigma = 0, t
 
 All three have the signature and callback of `diffedu.samplers.ddim_sample`: they start from x_T ~ N(0, I) at
 the first timestep (the course's models are trained there), call `callback({"i", "t", "x", "pred_x0"})` after
-each step, and return x_0. `solver_timesteps` chooses the levels: "trailing", uniform in t and ending at T / steps
-(its last call still has noise to remove); "ddim", uniform in t from T - 1 down to 0 (lesson 05's, whose last
+each step, and return x_0. `solver_timesteps` chooses the levels: "trailing", uniform in t and ending at
+T / steps - 1 (its last call still has noise to remove); "ddim", uniform in t from T - 1 down to 0 (lesson 05's, whose last
 call, at sigma_0 = 0.01, has almost nothing left to do); or "karras", uniform in sigma^(1/rho) (rho = 7, EDM's
 eq. 5), which packs the levels towards low noise.
 """

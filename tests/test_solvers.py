@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 
+from diffedu.diffusers_bridge import diffusers_available
 from diffedu.samplers import ddim_sample
 from diffedu.schedules import make_schedule
 from diffedu.solvers import (
@@ -116,9 +120,21 @@ def test_guidance_goes_through_one_batched_call(toy):
 
 # ---- diffusers: the same solver, another library --------------------------------------------------------------
 
-diffusers = pytest.importorskip("diffusers", reason="diffusers is optional (pip install -e \".[dev]\")")
+# CI never skips these: the [dev] extra installs diffusers
+needs_diffusers = pytest.mark.skipif(not diffusers_available() and not os.environ.get("CI"),
+                                     reason="diffusers is optional (pip install -e \".[dev]\")")
 
 
+def test_without_diffusers_the_bridge_says_how_to_get_it(monkeypatch):
+    from diffedu.diffusers_bridge import diffusers_scheduler
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now fails, as where it is not installed
+    assert not diffusers_available()
+    with pytest.raises(ImportError, match="pip install diffusers"):
+        diffusers_scheduler("dpm_multistep", make_schedule("linear", 10))
+
+
+@needs_diffusers
 @pytest.mark.parametrize("steps", [5, 10, 20])
 def test_dpm_solver_pp_2m_matches_diffusers(toy, steps):
     """Same model, same timesteps, same x_T: our DPM-Solver++(2M) and diffusers' DPMSolverMultistepScheduler
@@ -135,6 +151,7 @@ def test_dpm_solver_pp_2m_matches_diffusers(toy, steps):
     assert model.calls == 2 * steps
 
 
+@needs_diffusers
 def test_diffusers_ddim_matches_ours_on_the_same_timesteps(toy):
     from diffedu.diffusers_bridge import diffusers_sample, diffusers_scheduler
 
@@ -147,6 +164,7 @@ def test_diffusers_ddim_matches_ours_on_the_same_timesteps(toy):
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
+@needs_diffusers
 def test_diffusers_scheduler_refuses_unknown_names():
     from diffedu.diffusers_bridge import diffusers_scheduler
 
