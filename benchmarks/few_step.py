@@ -1,4 +1,4 @@
-"""Few-step sampling: sample quality of a shipped eps model against the number of model calls, per sampler.
+"""Few-step sampling: sample quality of a shipped model against the number of model calls, per sampler.
 
 Samples --samples images from the shipped model (default `mnist_ddpm`, lesson 04's reference) with each
 sampler at each number of model calls (nfe), from the same seed, and scores each set with
@@ -12,14 +12,14 @@ sampler at each number of model calls (nfe), from the same seed, and scores each
   DPM-Solver++(2M) on uniform times (`diffedu.flow.flow_sample`).
 
 Every record's settings say `sampler`, `spacing`, `nfe`, `clip_x0` and the model. Appends to
-results/few_step.jsonl and draws results/few_step_fid_vs_nfe.png.
+results/few_step.jsonl and draws results/few_step_fid_vs_nfe_<model>.png.
 
     DIFFEDU_DATA=/path/to/npz python benchmarks/few_step.py --threads 2 --no-ddpm
 
 DDPM costs T model calls per sample (on a 2-core CPU without bf16, about 40 minutes for 500 samples of the patch
 U-Net): --no-ddpm leaves it out, and the lesson reads DDPM-1000 from the ddim_steps records of the same model.
 
-Tests never time anything; this script does (seconds per batch), and never fails on a number.
+Tests never time anything; this script does (sample_seconds: seconds per sample), and never fails on a number.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def runs(nfes: list[int], full: list[int], ddpm: bool, diffusers: bool) -> list[
 
 def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, clip_x0: bool):  # noqa: N803
     common = {"x_T": x_T, "progress": False}
-    if schedule is None:  # a flow-matching model: Euler or Heun on uniform times (lesson 10)
+    if schedule is None:  # a flow-matching model: Euler, Heun or DPM-Solver++ on uniform times (lesson 10)
         return flow_sample(model, shape, steps=levels, sampler=sampler, **common).clamp(-1, 1)
     if sampler == "ddpm":
         gen = torch.Generator().manual_seed(1)  # the noise of its steps (x_T is shared)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mnist_ddpm", help="a shipped eps model (diffedu/weights/NAME.pt)")
     p.add_argument("--flow-model", default=None,
-                   help="a shipped flow-matching model (e.g. mnist_flow) to score instead, with Euler and Heun")
+                   help="a shipped flow-matching model (e.g. mnist_flow) to score instead (Euler, Heun, DPM-Solver++)")
     p.add_argument("--nfe", type=int, nargs="*", default=[1, 2, 3, 5, 10, 20, 50])
     p.add_argument("--few-samplers-at", type=int, nargs="*", default=[50],
                    help="model-call counts at which only the main samplers run (DDIM, and the solvers on trailing)")
