@@ -24,9 +24,9 @@ trained on), with the noise level sigma of each, and a last step to sigma = 0, t
 All three have the signature and callback of `diffedu.samplers.ddim_sample`: they start from x_T ~ N(0, I) at
 the first timestep (the course's models are trained there), call `callback({"i", "t", "x", "pred_x0"})` after
 each step, and return x_0. `solver_timesteps` chooses the levels: "trailing", uniform in t and ending at
-T / steps - 1 (its last call still has noise to remove); "ddim", uniform in t from T - 1 down to 0 (lesson 05's, whose last
-call, at sigma_0 = 0.01, has almost nothing left to do); or "karras", uniform in sigma^(1/rho) (rho = 7, EDM's
-eq. 5), which packs the levels towards low noise.
+T / steps - 1 (its last call still has noise to remove); "ddim", uniform in t from T - 1 down to 0 (lesson 05's,
+whose last call, at sigma_0 = 0.01, has almost nothing left to do); or "karras", uniform in sigma^(1/rho)
+(rho = 7, EDM's eq. 5), which packs the levels towards low noise.
 """
 
 from __future__ import annotations
@@ -201,14 +201,14 @@ def ode_sample(
     levels = _levels(schedule, steps, timesteps, spacing, rho)
     x, device = start_noise(model, shape, x_T, generator, device)
     abar = schedule.alphas_cumprod.double().cpu()
-    sigmas = [sigma_of(schedule, t) for t in levels] + [0.0]
+    all_sigmas = schedule_sigmas(schedule)
+    sigmas = [all_sigmas[t].item() for t in levels] + [0.0]
 
     def denoise(y: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(D, eps) at level k: the model sees x_t = sqrt(abar_t) y at its own timestep."""
         t = levels[k]
-        pred_x0, eps = predict(model, y * abar[t].sqrt().item(), t, schedule, cond=cond, guidance=guidance,
-                               uncond=uncond, prediction=prediction, clip_x0=clip_x0)
-        return pred_x0, eps
+        return predict(model, y * abar[t].sqrt().item(), t, schedule, cond=cond, guidance=guidance, uncond=uncond,
+                       prediction=prediction, clip_x0=clip_x0)
 
     y = x / abar[levels[0]].sqrt().item()
     previous_d: Tensor | None = None

@@ -24,10 +24,6 @@ from diffedu.solvers import (
 )
 
 
-def exact_ode_solution(x_T, schedule, t_start):
-    return gaussian_ode_end(x_T.double(), schedule, t_start)
-
-
 @pytest.fixture
 def toy():
     schedule = make_schedule("linear", 1000)
@@ -83,7 +79,7 @@ def test_convergence_orders_on_the_exact_ode(toy):
     both land closer than Euler (Heun 2x, DPM-Solver++ 8x in this case)."""
     model, schedule = toy
     x_T = torch.randn(256, 4, generator=torch.Generator().manual_seed(2))
-    exact = exact_ode_solution(x_T, schedule, 999)
+    exact = gaussian_ode_end(x_T.double(), schedule, 999)
 
     def error(solver, steps):
         x = ode_sample(model, schedule, x_T.shape, solver=solver, steps=steps, spacing="karras", x_T=x_T,
