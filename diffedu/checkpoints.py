@@ -127,6 +127,8 @@ KINDS = {
     "diffedu-vae-weights": ("a VAE weights file", "diffedu.latent.load_vae"),
     "diffedu-vae-checkpoint": ("a VAE training checkpoint", "diffedu.models.vae.train_vae(..., checkpoint=path)"),
     "classifier": ("a classifier weights file", "diffedu.models.classifier.load_classifier(path=...)"),
+    "diffedu-distill-checkpoint": ("a distillation checkpoint", "python -m diffedu.distill --out PATH (to continue "
+                                                                 "it), or diffedu.distill.distill(..., out=PATH)"),
 }
 
 

@@ -116,6 +116,9 @@ def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None 
         raise ValueError(f"unknown pretrained model {name!r}; available: {', '.join(map(repr, names)) or 'none'}"
                          + (f" (trainable with the CLI: {', '.join(map(repr, RECIPES))})" if RECIPES else ""))
     payload = read_file(path, FORMAT, f"Delete it and export it again ({RECIPES.get(name, 'export_weights')})")
+    if "consistency" in payload:
+        raise ValueError(f"{path} holds a distilled consistency student, not a diffusion model: load it with "
+                         f"diffedu.distill.load_student({name!r}) and sample it with consistency_sample")
     model = UNet(UNetConfig(**payload["model_config"]))
     check_fits(model, payload["state_dict"], path, payload.get("model_class"), payload["model_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
