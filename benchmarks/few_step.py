@@ -9,7 +9,10 @@ sampler at each number of model calls (nfe), from the same seed, and scores each
 - "diffusers_dpm_multistep": diffusers' DPMSolverMultistepScheduler (order 2, dpmsolver++, its default spacing)
   through `diffedu.diffusers_bridge`, skipped with a message where diffusers is not installed;
 - with --flow-model NAME, a flow-matching model instead (lesson 10's `mnist_flow`), by Euler, Heun and
-  DPM-Solver++(2M) on uniform times (`diffedu.flow.flow_sample`).
+  DPM-Solver++(2M) on uniform times (`diffedu.flow.flow_sample`);
+- with --student NAME, a distilled consistency student instead (lesson 13's `mnist_student`, `diffedu.distill`):
+  "student" (Song et al.'s multistep consistency sampling, fresh noise at each level) and "student_ddim" (the
+  student's x_0 in deterministic DDIM steps) on "trailing" levels, at --student-nfe calls.
 
 Every record's settings say `sampler`, `spacing`, `nfe`, `clip_x0` and the model. Appends to
 results/few_step.jsonl and draws results/few_step_fid_vs_nfe_<model>.png.
@@ -35,7 +38,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS, quality_figures, record  # noqa: E402
 
-from diffedu.diffusers_bridge import diffusers_available, diffusers_sample, diffusers_scheduler  # noqa: E402
+from diffedu.diffusers_bridge import (  # noqa: E402
+    diffusers_available,
+    diffusers_sample,
+    diffusers_scheduler,
+)
+from diffedu.distill import consistency_sample, load_student  # noqa: E402
 from diffedu.flow import flow_sample  # noqa: E402
 from diffedu.metrics import evaluate_samples  # noqa: E402
 from diffedu.pretrained import load_pretrained  # noqa: E402
@@ -61,10 +69,16 @@ def runs(nfes: list[int], full: list[int], ddpm: bool, diffusers: bool) -> list[
     return out
 
 
-def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, clip_x0: bool):  # noqa: N803
+def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, clip_x0: bool,  # noqa: N803
+         batch_index: int = 0):
     common = {"x_T": x_T, "progress": False}
     if schedule is None:  # a flow-matching model: Euler, Heun or DPM-Solver++ on uniform times (lesson 10)
         return flow_sample(model, shape, steps=levels, sampler=sampler, **common).clamp(-1, 1)
+    if sampler == "student":
+        gen = torch.Generator().manual_seed(1 + batch_index)  # the fresh noise of its later calls (x_T is shared)
+        return consistency_sample(model, schedule, shape, calls=levels, generator=gen, x_T=x_T)
+    if sampler == "student_ddim":
+        return ode_sample(model, schedule, shape, solver="euler", steps=levels, spacing="trailing", **common)
     if sampler == "ddpm":
         gen = torch.Generator().manual_seed(1)  # the noise of its steps (x_T is shared)
         return ddpm_sample(model, schedule, shape, generator=gen, clip_x0=clip_x0, **common)
@@ -82,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="mnist_ddpm", help="a shipped eps model (diffedu/weights/NAME.pt)")
     p.add_argument("--flow-model", default=None,
                    help="a shipped flow-matching model (e.g. mnist_flow) to score instead (Euler, Heun, DPM-Solver++)")
+    p.add_argument("--student", default=None,
+                   help="a distilled consistency student (e.g. mnist_student) to score instead (1 to 4 calls)")
+    p.add_argument("--student-nfe", type=int, nargs="*", default=[1, 2, 3, 4, 8])
     p.add_argument("--nfe", type=int, nargs="*", default=[1, 2, 3, 5, 10, 20, 50])
     p.add_argument("--few-samplers-at", type=int, nargs="*", default=[50],
                    help="model-call counts at which only the main samplers run (DDIM, and the solvers on trailing)")
@@ -95,22 +112,35 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = args.flow_model or args.model
-    model, schedule, info = load_pretrained(name, device="cpu" if args.profile != "gpu" else None)
+    name = args.student or args.flow_model or args.model
+    device = "cpu" if args.profile != "gpu" else None
+    if args.student:
+        model, schedule, info = load_student(name, device=device)
+    else:
+        model, schedule, info = load_pretrained(name, device=device)
     if args.flow_model:
         schedule = None
     device = next(model.parameters()).device
     clip_x0 = not args.no_clip
     train = info["record"]
-    base = {"model": name, "train_steps": train["steps"], "train_seconds": round(train["seconds"], 1),
-            "objective": ("flow" if train["train_config"].get("objective") == "flow"
-                          else train["train_config"].get("prediction", "eps")), "sample_count": args.samples,
-            "seed": args.seed, "sampling_batch": args.batch, "threads": torch.get_num_threads(), "clip_x0": clip_x0}
+    if args.student:  # its record: the distillation's (teacher, trajectories, steps, minutes)
+        base = {"model": name, "teacher": train["teacher"], "train_steps": train["steps"],
+                "train_seconds": train["seconds"], "trajectory_count": train["trajectory_count"],
+                "objective": "consistency"}
+    else:
+        base = {"model": name, "train_steps": train["steps"], "train_seconds": round(train["seconds"], 1),
+                "objective": ("flow" if train["train_config"].get("objective") == "flow"
+                              else train["train_config"].get("prediction", "eps"))}
+    base.update({"sample_count": args.samples, "seed": args.seed, "sampling_batch": args.batch,
+                 "threads": torch.get_num_threads(), "clip_x0": clip_x0})
     if not diffusers_available():
         print("diffusers is not installed: its sampler is skipped (pip install diffusers)")
     x_T_all = torch.randn(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))  # noqa: N806
     curves: dict[str, list[tuple[int, float]]] = {}
-    if args.flow_model:
+    if args.student:
+        plan = [("student", "trailing", n) for n in args.student_nfe] + [
+            ("student_ddim", "trailing", n) for n in args.student_nfe if n > 1]
+    elif args.flow_model:
         plan = ([("euler", "uniform", n) for n in args.nfe] + [("dpm_solver_pp_2m", "uniform", n) for n in args.nfe]
                 + [("heun", "uniform", (n + 1) // 2) for n in args.nfe if n >= 3])
     else:
@@ -120,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         out, started = [], time.perf_counter()
         for start in range(0, args.samples, args.batch):
             x_T = x_T_all[start:start + args.batch].to(device)  # noqa: N806
-            out.append(draw(model, schedule, sampler, spacing, levels, tuple(x_T.shape), x_T, clip_x0).cpu())
+            out.append(draw(model, schedule, sampler, spacing, levels, tuple(x_T.shape), x_T, clip_x0,
+                            batch_index=start // args.batch).cpu())
         seconds = time.perf_counter() - started
         x = torch.cat(out)
         scores = evaluate_samples(x, "mnist")

@@ -9,6 +9,7 @@ import torch
 
 from diffedu.course.checks import lesson13 as checks
 from diffedu.course.checks.core import ExerciseError
+from diffedu.distill import consistency_sample, consistency_scalings
 from diffedu.schedules import make_schedule
 from diffedu.solvers import GaussianEps, dpm_solver_pp_2m_step, heun_sample, karras_sigmas
 
@@ -84,3 +85,59 @@ def test_dpm_update_check():
     with pytest.raises(ExerciseError, match="at sigma_next = 0 the step is first order"):
         checks.check_dpm_solver_pp_2m_update(no_guard_at_zero)
     assert checks.check_dpm_solver_pp_2m_update(_skipped) is dpm_solver_pp_2m_step
+
+
+def test_consistency_scalings_check():
+    def mine(sigma, sigma_min, sigma_data=0.5):
+        return (sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2),
+                sigma_data * (sigma - sigma_min) / (sigma**2 + sigma_data**2).sqrt())
+
+    def edm(sigma, sigma_min, sigma_data=0.5):
+        return sigma_data**2 / (sigma**2 + sigma_data**2), sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+
+    def c_out_unshifted(sigma, sigma_min, sigma_data=0.5):
+        return mine(sigma, sigma_min, sigma_data)[0], edm(sigma, sigma_min, sigma_data)[1]
+
+    def shifted_denominator(sigma, sigma_min, sigma_data=0.5):
+        d = sigma - sigma_min
+        return mine(sigma, sigma_min, sigma_data)[0], sigma_data * d / (d**2 + sigma_data**2).sqrt()
+
+    assert checks.check_consistency_scalings(mine) is mine
+    with pytest.raises(ExerciseError, match="c_skip\\(sigma_min\\) = 0.99"):
+        checks.check_consistency_scalings(edm)
+    with pytest.raises(ExerciseError, match="c_out\\(sigma_min\\) = 0.00199998"):
+        checks.check_consistency_scalings(c_out_unshifted)
+    with pytest.raises(ExerciseError, match="denominator is shifted too"):
+        checks.check_consistency_scalings(shifted_denominator)
+    with pytest.raises(ExerciseError, match="negative"):
+        checks.check_consistency_scalings(lambda s, m, d=0.5: (mine(s, m, d)[0], -mine(s, m, d)[1]))
+    assert checks.check_consistency_scalings(_skipped) is consistency_scalings
+
+
+def _consistency_loop(student, schedule, x_T, timesteps, generator, *, fresh=True, clamp=True):  # noqa: N803
+    abar = schedule.alphas_cumprod
+    x_t, x0 = x_T, None
+    for i, t in enumerate(timesteps):
+        if i > 0:
+            z = torch.randn(x_T.shape, generator=generator) if fresh else x_T
+            x_t = abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * z
+        x0 = student(x_t, torch.full((len(x_T),), t))
+        x0 = x0.clamp(-1, 1) if clamp else x0
+    return x0
+
+
+def test_my_consistency_sample_check():
+    assert checks.check_my_consistency_sample(_consistency_loop) is _consistency_loop
+    with pytest.raises(ExerciseError, match="fresh noise"):
+        checks.check_my_consistency_sample(lambda *a: _consistency_loop(*a, fresh=False))
+    with pytest.raises(ExerciseError, match="not clamped"):
+        checks.check_my_consistency_sample(lambda *a: _consistency_loop(*a, clamp=False))
+    with pytest.raises(ExerciseError, match="shape \\(B,\\)"):
+        checks.check_my_consistency_sample(lambda s, sch, x, ts, g: s(x, ts[0]))
+    fallback = checks.check_my_consistency_sample(_skipped)
+    schedule = make_schedule("linear", 1000)
+    x_T = torch.randn(2, 3)  # noqa: N806
+    student = lambda x, t: torch.tanh(x)  # noqa: E731
+    torch.testing.assert_close(fallback(student, schedule, x_T, [999, 499], torch.Generator().manual_seed(0)),
+                               consistency_sample(student, schedule, (2, 3), timesteps=[999, 499], x_T=x_T,
+                                                  generator=torch.Generator().manual_seed(0)))

@@ -1,5 +1,6 @@
 """Checks for the exercises of lesson 13 (sampling in a handful of steps): EDM's noise levels, a whole Heun
-sampler for an eps model on the probability-flow ODE, and one DPM-Solver++(2M) update.
+sampler for an eps model on the probability-flow ODE, one DPM-Solver++(2M) update, the consistency model's
+boundary-condition scalings, and the consistency student's multistep sampler.
 
 The sampler's cases use `GaussianEps`, the exact noise predictor of Gaussian data (a closed-form function of x and
 t), so a check needs no training and every mistake gives a visibly different number.
@@ -14,10 +15,17 @@ import torch
 from torch import Tensor
 
 from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
+from diffedu.distill import consistency_sample, consistency_scalings
 from diffedu.schedules import make_schedule
-from diffedu.solvers import GaussianEps, dpm_solver_pp_2m_step, heun_sample, karras_sigmas
+from diffedu.solvers import (
+    GaussianEps,
+    dpm_solver_pp_2m_step,
+    heun_sample,
+    karras_sigmas,
+)
 
-__all__ = ["ExerciseError", "check_dpm_solver_pp_2m_update", "check_karras_sigmas", "check_my_heun_sample"]
+__all__ = ["ExerciseError", "check_consistency_scalings", "check_dpm_solver_pp_2m_update", "check_karras_sigmas",
+           "check_my_consistency_sample", "check_my_heun_sample"]
 
 
 def check_karras_sigmas(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -173,3 +181,125 @@ def check_dpm_solver_pp_2m_update(learner: Callable[..., Tensor]) -> Callable[..
                  "the extrapolation there (as when there is no D_prev).")
     return check_exercise("dpm_solver_pp_2m_update", learner, dpm_solver_pp_2m_step, cases, mistakes=mistakes,
                           crash_hints=(("division by zero", last_step), ("math domain error", last_step)))
+
+
+def check_consistency_scalings(learner: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., tuple[Tensor, Tensor]]:
+    """Lesson 13: consistency_scalings(sigma, sigma_min, sigma_data=0.5) -> (c_skip, c_out), Song et al. 2023's.
+
+    First the boundary condition itself (c_skip = 1 and c_out = 0 at sigma_min, c_skip -> 0 at high noise), each
+    failure named; then the values against the library's.
+    """
+    sigmas = torch.tensor([0.002, 0.01, 0.3, 1.0, 5.0, 157.0], dtype=torch.float64)
+    cases = [Case((sigmas, 0.002), {}, "sigma = [0.002, 0.01, 0.3, 1, 5, 157], sigma_min = 0.002, sigma_data = 0.5"),
+             Case((sigmas[1:], 0.01), {"sigma_data": 1.0},
+                  "sigma = [0.01, 0.3, 1, 5, 157], sigma_min = 0.01, sigma_data = 1")]
+
+    def boundary(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
+        for sigma_min in (0.002, 0.01):
+            out = fn(torch.tensor([sigma_min, 1e4], dtype=torch.float64), sigma_min)
+            if not isinstance(out, tuple) or len(out) != 2:
+                raise ExerciseError("consistency_scalings should return the pair (c_skip, c_out)")
+            c_skip, c_out = (torch.as_tensor(c, dtype=torch.float64) * torch.ones(2, dtype=torch.float64) for c in out)
+            if abs(c_skip[0].item() - 1) > 1e-6:
+                raise ExerciseError(
+                    f"the boundary condition fails: c_skip(sigma_min) = {c_skip[0].item():.6g} for sigma_min = "
+                    f"{sigma_min}, so f(x, sigma_min) is not x. EDM's c_skip is 1 only at sigma = 0: measure the "
+                    f"distance from sigma_min instead, (sigma - sigma_min)^2 in its denominator.")
+            if abs(c_out[0].item()) > 1e-6:
+                raise ExerciseError(
+                    f"the boundary condition fails: c_out(sigma_min) = {c_out[0].item():.6g} for sigma_min = "
+                    f"{sigma_min}, so the network still adds to f(x, sigma_min) = x. The factor sigma in EDM's c_out "
+                    f"becomes (sigma - sigma_min).")
+            if c_skip[1].abs().item() > 1e-3:
+                raise ExerciseError(f"at sigma = 10^4, c_skip = {c_skip[1].item():.4g}: at high noise f should come "
+                                    f"from the network, not from the noisy y (c_skip -> 0)")
+            if c_out[1].item() < 0:
+                raise ExerciseError("c_out is negative at high noise: the network's output is added, "
+                                    "f = c_skip y + c_out F, with c_out -> sigma_data")
+
+    def variant(sigma: Tensor, sigma_min: float, sigma_data: float = 0.5) -> tuple[Tensor, Tensor]:
+        c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
+        return c_skip, sigma_data * (sigma - sigma_min) / ((sigma - sigma_min) ** 2 + sigma_data**2).sqrt()
+
+    mistakes = [Mistake("c_out's denominator is shifted too: that also meets the boundary condition, but Song et al. "
+                        "(and the shipped student) keep EDM's sqrt(sigma^2 + sigma_data^2) there.", variant)]
+    return check_exercise("consistency_scalings", learner, consistency_scalings, cases, mistakes=mistakes,
+                          before=boundary, atol=1e-8, rtol=1e-6)
+
+
+class _ToyStudent:
+    """A consistency function in closed form for the sampler's check: x_0 = 1.3 tanh(a(t) x), counted per call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if not isinstance(t, Tensor) or t.shape != (x.shape[0],):
+            raise ExerciseError("call the student as student(x_t, t) with t a tensor of shape (B,), one timestep per "
+                                f"sample (got t = {t!r}); torch.full((len(x),), t) makes one")
+        self.calls.append(int(t[0]))
+        return 1.3 * torch.tanh((1.5 + t.float() / 400).view(-1, *([1] * (x.dim() - 1))) * x)
+
+
+def check_my_consistency_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Lesson 13: my_consistency_sample(student, schedule, x_T, timesteps, generator) -> x_0, against the library's
+    `consistency_sample` (Song et al. 2023, Algorithm 1) with the same generator; the levels called are compared too."""
+    schedule = make_schedule("linear", 1000)
+    x_T = torch.randn(4, 3, generator=torch.Generator().manual_seed(131))  # noqa: N806
+
+    def run(fn: Callable[..., Tensor], timesteps: list[int]) -> tuple[Tensor, Tensor]:
+        student = _ToyStudent()
+        out = fn(student, schedule, x_T.clone(), list(timesteps), torch.Generator().manual_seed(7))
+        if not isinstance(out, Tensor):
+            raise ExerciseError(f"my_consistency_sample should return x_0 (a tensor), got {type(out).__name__}")
+        return out.float(), torch.tensor(student.calls, dtype=torch.float32)
+
+    def library(student, schedule_, x, timesteps, generator):
+        return consistency_sample(student, schedule_, tuple(x.shape), timesteps=timesteps, x_T=x, generator=generator)
+
+    def loop(kind: str):
+        def sample(student, schedule_, x, timesteps, generator):
+            abar = schedule_.alphas_cumprod
+            x0, x_t = None, x
+            for i, t in enumerate(timesteps):
+                if i > 0:
+                    z = torch.randn(x.shape, generator=generator)
+                    if kind == "old_noise":
+                        z = x
+                    base = x_t if kind == "noise_x" else x0
+                    x_t = abar[t].sqrt() * base + (1 - abar[t]).sqrt() * z
+                    if kind == "no_scale":
+                        x_t = x0 + ((1 - abar[t]) / abar[t]).sqrt() * z
+                x0 = student(x_t, torch.full((len(x),), t))
+                x0 = x0 if kind == "no_clamp" else x0.clamp(-1, 1)
+            return x_t if kind == "return_x" else x0
+        return sample
+
+    cases = [Case(([999, 749, 499, 249],), {},
+                  "4 points in 3-D, timesteps [999, 749, 499, 249], a toy student x_0 = 1.3 tanh(a(t) x) and "
+                  "torch.Generator().manual_seed(7) (compared: x_0 and the timesteps of the calls)"),
+             Case(([999],), {}, "one call at t = 999")]
+    mistakes = [
+        Mistake("the noise is x_T again at every level; Song et al. draw fresh noise z ~ N(0, I) for each new level "
+                "(torch.randn(x.shape, generator=generator)).", lambda ts: run(loop("old_noise"), ts)),
+        Mistake("the current x_t is noised; noise the student's answer x_0 to the next level instead.",
+                lambda ts: run(loop("noise_x"), ts)),
+        Mistake("the predicted x_0 is not clamped to [-1, 1] (the images' range) before it is used and returned.",
+                lambda ts: run(loop("no_clamp"), ts)),
+        Mistake("x_0 + sigma z is y, not x_t: the student takes x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) z.",
+                lambda ts: run(loop("no_scale"), ts)),
+        Mistake("the last x_t is returned; the sample is the student's last x_0.",
+                lambda ts: run(loop("return_x"), ts)),
+    ]
+
+    def learner_run(timesteps: list[int]) -> tuple[Tensor, Tensor]:
+        return run(learner, timesteps)
+
+    def reference_run(timesteps: list[int]) -> tuple[Tensor, Tensor]:
+        return run(library, timesteps)
+
+    reference_run.__module__ = consistency_sample.__module__
+    reference_run.__qualname__ = consistency_sample.__qualname__
+    checked = check_exercise("my_consistency_sample", learner_run, reference_run, cases, mistakes=mistakes,
+                             fallback=reference_run, atol=1e-5, rtol=1e-5)
+    return learner if checked is learner_run else library
