@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--profile", default="cpu")
     args = p.parse_args(argv)
+    if args.student and args.no_clip:
+        p.error("--no-clip does not apply to --student: a consistency student's samples are always clamped")
     if args.threads:
         torch.set_num_threads(args.threads)
     name = args.student or args.flow_model or args.model
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     train = info["record"]
     if args.student:  # its record: the distillation's (teacher, trajectories, steps, minutes)
         base = {"model": name, "teacher": train["teacher"], "train_steps": train["steps"],
-                "train_seconds": train["seconds"], "trajectory_count": train["trajectory_count"],
-                "objective": "consistency"}
+                "train_seconds": train["train_seconds"], "distill_seconds": train["seconds"],
+                "trajectory_count": train["trajectory_count"], "objective": "consistency"}
     else:
         base = {"model": name, "train_steps": train["steps"], "train_seconds": round(train["seconds"], 1),
                 "objective": ("flow" if train["train_config"].get("objective") == "flow"

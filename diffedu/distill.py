@@ -11,15 +11,17 @@ sigma = sqrt(1 - abar_t) / sqrt(abar_t), with sigma_data = 0.5)
     c_out = sigma_data (sigma - sigma_min) / sqrt(sigma^2 + sigma_data^2),
 
 so that f(x, t_min) = x for every network F (the boundary condition: at the lowest level the data is the
-answer), and at high noise f is mostly F, an x_0 predictor (a well-scaled target, unlike the eps a DDPM
-predicts, whose x_0 = y - sigma eps multiplies the network's error by sigma ~ 157 at t = 999).
+answer), and at high noise f is c_out F with c_out -> sigma_data: the network predicts the image (scaled by
+1 / sigma_data), a well-scaled target, unlike the eps a DDPM predicts, whose x_0 = y - sigma eps multiplies the
+network's error by sigma ~ 157 at t = 999.
 
 How it learns f here: from the teacher's own solutions. `teacher_trajectories` runs the teacher's
 DPM-Solver++(2M) (16 calls on "trailing" levels, which include the student's levels 999, 749, 499 and 249) from
 many noises and keeps every point of each trajectory with its end point; `distill` regresses f(x_t, t) on the end
 point (mean squared error) at the levels the student will be called at (``train_levels="student"``; "all" uses
 every level of the trajectories), the student starting from the teacher's weights (its last layer negated, so
-that at low noise f starts as the teacher's own x_0, y - sigma eps). This is the direct form of consistency
+that at the lowest levels, sigma << sigma_data, f starts as the teacher's own x_0, y - sigma eps; at the levels it
+is trained at it starts from the teacher's features, not its answer). This is the direct form of consistency
 distillation (Luhman & Luhman 2021 distilled DDIM into one step this way): Song et al. instead ask f to agree
 with itself one teacher step apart (an EMA target), which needs no stored trajectories but many more training
 steps than a 2-core CPU has in 20 minutes. Progressive distillation (Salimans & Ho 2022) halves the step count
@@ -27,8 +29,9 @@ round by round; latent consistency models (Luo et al. 2023) apply consistency di
 latents with guidance as an input.
 
 `consistency_sample` samples a student: one call at t = T, then (multistep, Song et al.'s Algorithm 1) noise
-the answer to a lower level with fresh noise and call again. The student is also an ordinary x_0 model
-(``model.provenance.prediction == "x0"``), so `ddim_sample` and `ode_sample` accept it.
+the answer to a lower level with fresh noise and call again. The student's output is an x_0 prediction (of the
+ODE's end, not the posterior mean a diffusion model's x_0 is), recorded as ``model.provenance.prediction == "x0"``,
+so `ddim_sample` and `ode_sample` accept it: DDIM steps on a student are a heuristic, measured in lesson 13.
 
 The command (20 minutes on 2 cores):
 ``python -m diffedu.distill --teacher mnist_ddpm --minutes 20 --out runs/student.pt --export mnist_student``.
@@ -51,6 +54,7 @@ from torch import Tensor, nn
 
 from diffedu.checkpoints import atomic_save, check_fits, read_file, weights_dir
 from diffedu.devices import default_device, device_name
+from diffedu.ema import make_ema
 from diffedu.models.unet import UNet, UNetConfig
 from diffedu.pretrained import FORMAT, load_pretrained
 from diffedu.provenance import Provenance, attach, provenance_of
@@ -93,7 +97,7 @@ class ConsistencyStudent(nn.Module):
     @classmethod
     def from_teacher(cls, teacher: nn.Module, schedule: NoiseSchedule, sigma_data: float = SIGMA_DATA
                      ) -> ConsistencyStudent:
-        """A copy of the teacher's U-Net whose last layer is negated: at low noise f is then the teacher's x_0."""
+        """A copy of the teacher's U-Net whose last layer is negated: for sigma << sigma_data f is the teacher's x_0."""
         net = copy.deepcopy(teacher)
         object.__setattr__(net, "provenance", None)
         last = _last_conv(net)
@@ -238,25 +242,35 @@ def distill(teacher: nn.Module, schedule: NoiseSchedule, config: DistillConfig, 
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     started = time.monotonic()
     out = Path(out) if out is not None else None
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed + 1)  # the batches (the trajectories' noises have their own)
     traj_path = out.with_name(out.name + ".trajectories.pt") if out is not None else None
     if traj_path is not None and traj_path.is_file():
         data = torch.load(traj_path, map_location="cpu", weights_only=True)
+        if data.get("teacher_steps") != config.teacher_steps or data.get("seed") != config.seed:
+            raise ValueError(f"{traj_path} holds trajectories of {data.get('teacher_steps')} teacher steps (seed "
+                             f"{data.get('seed')}), but this run asks for {config.teacher_steps} (seed {config.seed}): "
+                             f"delete it (and {out}) to solve them again, or give another out path")
     else:
         budget = config.trajectory_minutes * 60
-        data = teacher_trajectories(teacher, schedule, config.trajectories, steps=config.teacher_steps, generator=gen,
+        data = teacher_trajectories(teacher, schedule, config.trajectories, steps=config.teacher_steps,
+                                    generator=torch.Generator().manual_seed(config.seed),
                                     device=device, progress=progress,
                                     deadline=started + budget if budget > 0 else None)
-        data["seconds"] = time.monotonic() - started
+        data["seconds"], data["seed"] = time.monotonic() - started, config.seed
         if traj_path is not None:
             atomic_save(data, traj_path)
     student = ConsistencyStudent.from_teacher(teacher, schedule, config.sigma_data).train()
-    ema = torch.optim.swa_utils.AveragedModel(student, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
-        config.ema_decay), use_buffers=False)
+    ema = make_ema(student, config.ema_decay)  # with warm-up: the EMA follows the student's first steps
     optimizer = torch.optim.Adam(student.net.parameters(), lr=config.lr)
     step, seconds, losses = 0, 0.0, []
     if out is not None and out.is_file():
         state = read_file(out, CHECKPOINT_FORMAT, f"Delete {out} to start again")
+        changed = [k for k, v in dataclasses.asdict(config).items()
+                   if k not in ("minutes", "steps", "checkpoint_every") and state["config"].get(k) != v]
+        if changed:
+            was = ", ".join(f"{k}: {state['config'].get(k)!r}" for k in changed)
+            raise ValueError(f"{out} was distilled with other settings ({was}); continue it with those, or delete it "
+                             f"to start again")
         student.net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])

@@ -49,7 +49,8 @@ RECIPES = {
 
 
 def available(directory: str | os.PathLike[str] | None = None) -> list[str]:
-    """Names of the diffusion weights files present, e.g. ``["mnist_ddpm"]`` (other .pt files are skipped)."""
+    """Names of the diffusion weights files present, e.g. ``["mnist_ddpm"]`` (other .pt files, and the distilled
+    students of `diffedu.distill`, are skipped)."""
     folder = Path(directory) if directory is not None else weights_dir()
     return sorted(p.stem for p in folder.glob("*.pt") if _is_weights_file(p)) if folder.is_dir() else []
 
@@ -59,7 +60,7 @@ def _is_weights_file(path: Path) -> bool:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return False
-    return isinstance(payload, dict) and payload.get("format") == FORMAT
+    return isinstance(payload, dict) and payload.get("format") == FORMAT and "consistency" not in payload
 
 
 def export_weights(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path: str | os.PathLike[str], *,

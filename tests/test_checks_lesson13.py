@@ -114,16 +114,19 @@ def test_consistency_scalings_check():
     assert checks.check_consistency_scalings(_skipped) is consistency_scalings
 
 
-def _consistency_loop(student, schedule, x_T, timesteps, generator, *, fresh=True, clamp=True):  # noqa: N803
+def _consistency_loop(student, schedule, x_T, timesteps, generator, *, fresh=True, clamp=True,  # noqa: N803
+                      noise_x=False, as_y=False, return_x=False):
     abar = schedule.alphas_cumprod
     x_t, x0 = x_T, None
     for i, t in enumerate(timesteps):
         if i > 0:
             z = torch.randn(x_T.shape, generator=generator) if fresh else x_T
-            x_t = abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * z
+            x_t = abar[t].sqrt() * (x_t if noise_x else x0) + (1 - abar[t]).sqrt() * z
+            if as_y:
+                x_t = x0 + ((1 - abar[t]) / abar[t]).sqrt() * z
         x0 = student(x_t, torch.full((len(x_T),), t))
         x0 = x0.clamp(-1, 1) if clamp else x0
-    return x0
+    return x_t if return_x else x0
 
 
 def test_my_consistency_sample_check():
@@ -132,6 +135,12 @@ def test_my_consistency_sample_check():
         checks.check_my_consistency_sample(lambda *a: _consistency_loop(*a, fresh=False))
     with pytest.raises(ExerciseError, match="not clamped"):
         checks.check_my_consistency_sample(lambda *a: _consistency_loop(*a, clamp=False))
+    with pytest.raises(ExerciseError, match="the current x_t is noised"):
+        checks.check_my_consistency_sample(lambda *a: _consistency_loop(*a, noise_x=True))
+    with pytest.raises(ExerciseError, match="x_0 \\+ sigma z is y"):
+        checks.check_my_consistency_sample(lambda *a: _consistency_loop(*a, as_y=True))
+    with pytest.raises(ExerciseError, match="the last x_t is returned"):
+        checks.check_my_consistency_sample(lambda *a: _consistency_loop(*a, return_x=True))
     with pytest.raises(ExerciseError, match="shape \\(B,\\)"):
         checks.check_my_consistency_sample(lambda s, sch, x, ts, g: s(x, ts[0]))
     fallback = checks.check_my_consistency_sample(_skipped)

@@ -19,7 +19,7 @@ from diffedu.distill import (
     teacher_trajectories,
 )
 from diffedu.models.unet import UNet, UNetConfig
-from diffedu.pretrained import load_pretrained
+from diffedu.pretrained import available, load_pretrained
 from diffedu.provenance import Provenance, attach
 from diffedu.samplers import ddim_sample
 from diffedu.schedules import make_schedule
@@ -89,21 +89,46 @@ def test_teacher_trajectories_hold_each_solution_and_its_levels():
     assert torch.isfinite(data["x"].float()).all()
 
 
-def test_distillation_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path):
+def test_distillation_lowers_the_loss_and_resumes_as_if_never_stopped(tmp_path):
     teacher = _teacher()
     config = DistillConfig(trajectories=32, teacher_steps=4, steps=60, batch_size=16, lr=1e-3, warmup=5,
                            checkpoint_every=20, minutes=5, trajectory_minutes=5)
     out = tmp_path / "student.pt"
     result = distill(teacher, SCHEDULE, config, out=out, progress=False)
     assert result.step == 60 and result.trajectory_count == 32 and out.is_file()
-    assert (out.parent / "student.pt.trajectories.pt").is_file()
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
     assert last < 0.7 * first, (first, last)
     assert result.student.provenance.prediction == "x0"
-    made = (out.parent / "student.pt.trajectories.pt").stat().st_mtime_ns
-    again = distill(teacher, SCHEDULE, DistillConfig(**{**config.__dict__, "steps": 70}), out=out, progress=False)
-    assert again.step == 70 and len(again.losses) == 70 and again.losses[:60] == result.losses
-    assert (out.parent / "student.pt.trajectories.pt").stat().st_mtime_ns == made  # reused, not redrawn
+    made = (tmp_path / "student.pt.trajectories.pt").stat().st_mtime_ns
+    resumed = distill(teacher, SCHEDULE, DistillConfig(**{**config.__dict__, "steps": 70}), out=out, progress=False)
+    assert (tmp_path / "student.pt.trajectories.pt").stat().st_mtime_ns == made  # reused, not solved again
+    straight = distill(teacher, SCHEDULE, DistillConfig(**{**config.__dict__, "steps": 70}), out=tmp_path / "b.pt",
+                       progress=False)
+    assert resumed.step == straight.step == 70
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-5)  # the same batches, weights and Adam state
+    for a, b in zip(resumed.student.state_dict().values(), straight.student.state_dict().values()):
+        torch.testing.assert_close(a, b)  # the EMA too
+
+
+def test_the_ema_warms_up_instead_of_keeping_the_teachers_start():
+    teacher = _teacher()
+    result = distill(teacher, SCHEDULE, DistillConfig(trajectories=8, teacher_steps=4, steps=20, batch_size=4,
+                                                      lr=1e-3, warmup=1), progress=False)
+    start = ConsistencyStudent.from_teacher(teacher, SCHEDULE)
+    trained, ema = result.student.net.state_dict(), start.net.state_dict()
+    # with a plain 0.999 average, 20 steps leave the EMA within 2 % of its start; with warm-up it follows the model
+    moved = max((trained[k] - ema[k]).abs().max().item() for k in ema if ema[k].is_floating_point())
+    assert moved > 1e-3
+
+
+def test_a_run_with_other_settings_is_refused_rather_than_mixed(tmp_path):
+    teacher, out = _teacher(), tmp_path / "s.pt"
+    config = DistillConfig(trajectories=4, teacher_steps=4, steps=2, batch_size=2)
+    distill(teacher, SCHEDULE, config, out=out, progress=False)
+    with pytest.raises(ValueError, match="trajectories of 4 teacher steps"):
+        distill(teacher, SCHEDULE, DistillConfig(**{**config.__dict__, "teacher_steps": 8}), out=out, progress=False)
+    with pytest.raises(ValueError, match="other settings \\(lr: 0.0004\\)"):
+        distill(teacher, SCHEDULE, DistillConfig(**{**config.__dict__, "lr": 1e-3}), out=out, progress=False)
 
 
 def test_the_student_levels_must_be_on_the_teachers_trajectories():
@@ -136,9 +161,10 @@ def test_the_student_is_an_x0_model_for_the_other_samplers():
     teacher = _teacher()
     result = distill(teacher, SCHEDULE, DistillConfig(trajectories=8, teacher_steps=4, steps=2, batch_size=4),
                      progress=False)
-    out = ddim_sample(result.student, SCHEDULE, (2, 1, 8, 8), steps=2, generator=torch.Generator().manual_seed(0),
-                      progress=False)
-    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+    x_T = torch.randn(2, 1, 8, 8)  # noqa: N806
+    out = ode_sample(result.student, SCHEDULE, (2, 1, 8, 8), solver="euler", timesteps=[999], x_T=x_T, progress=False)
+    with torch.no_grad():  # one Euler (DDIM) step to sigma = 0 returns the model's x_0: the student's answer
+        torch.testing.assert_close(out, result.student(x_T, torch.full((2,), 999)).clamp(-1, 1), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="trained to predict 'x0'"):
         ddim_sample(result.student, SCHEDULE, (2, 1, 8, 8), steps=2, prediction="eps", progress=False)
 
@@ -159,6 +185,13 @@ def test_the_weights_file_round_trips_and_is_refused_by_the_diffusion_loader(tmp
         load_pretrained("tiny_student", device="cpu", directory=tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m diffedu.distill"):
         load_student("missing", directory=tmp_path)
+
+
+def test_the_diffusion_models_listed_leave_out_students(tmp_path):
+    result = distill(_teacher(), SCHEDULE, DistillConfig(trajectories=4, teacher_steps=4, steps=1, batch_size=2),
+                     progress=False)
+    export_student(result, SCHEDULE, tmp_path / "s.pt", name="s", record={})
+    assert available(tmp_path) == [] and "mnist_ddpm" in available()
 
 
 def test_load_student_refuses_a_diffusion_models_weights():
