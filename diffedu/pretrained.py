@@ -25,6 +25,7 @@ from diffedu.checkpoints import (
     weights_payload,
 )
 from diffedu.devices import default_device
+from diffedu.models.dit import DiT, DiTConfig
 from diffedu.models.unet import UNet, UNetConfig
 from diffedu.provenance import Provenance, attach, guess_images
 from diffedu.schedules import (
@@ -35,6 +36,8 @@ from diffedu.schedules import (
 )
 
 FORMAT = "diffedu-weights"
+# The denoisers a weights file can hold, by the class name its checkpoint recorded.
+DENOISERS: dict[str, tuple[type[nn.Module], type]] = {"UNet": (UNet, UNetConfig), "DiT": (DiT, DiTConfig)}
 MAX_FP32_BYTES = 10 * 2**20  # above this the weights are stored in float16
 # How each shipped name is made (shown when its file is missing).
 RECIPES = {
@@ -45,6 +48,10 @@ RECIPES = {
     "mnist_flow": "python benchmarks/flow_matching.py --objectives flow --minutes 10 --export mnist_flow  (or: python "
                   "-m diffedu.train --dataset mnist --preset mnist_patch --objective flow --batch-size 64 --minutes 10 "
                   "--out runs/flow.pt --export mnist_flow)",
+    "mnist_dit": "python benchmarks/backbones.py --threads 2 --export-dit mnist_dit --export-unet mnist_unet_flow  (or: "
+                 "python -m diffedu.train --dataset mnist --preset mnist_dit --objective flow --batch-size 64 --lr 1e-3 "
+                 "--warmup 100 --ema-decay 0.995 --amp off --minutes 10 --out runs/dit.pt --export mnist_dit)",
+    "mnist_unet_flow": "python benchmarks/backbones.py --threads 2 --export-dit mnist_dit --export-unet mnist_unet_flow",
 }
 
 
@@ -71,20 +78,22 @@ def export_weights(checkpoint: str | os.PathLike[str] | dict[str, Any], out_path
     JSON-serialisable. Written atomically.
     """
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    if state.get("model_config") is None or state.get("model_class") != "UNet":
-        raise ValueError(f"export_weights needs a checkpoint of a diffedu UNet (with its config); this one holds "
-                         f"a {state.get('model_class')} with config {state.get('model_config')}")
+    if state.get("model_config") is None or state.get("model_class") not in DENOISERS:
+        raise ValueError(f"export_weights needs a checkpoint of a diffedu denoiser ({' or '.join(DENOISERS)}, with "
+                         f"its config); this one holds a {state.get('model_class')} with config "
+                         f"{state.get('model_config')}")
     payload = weights_payload(state, file_format=FORMAT, name=name, record=record, max_fp32_bytes=MAX_FP32_BYTES)
     return atomic_save(payload, out_path)
 
 
 def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.device | str | None = None
                           ) -> tuple[nn.Module, NoiseSchedule, dict[str, Any]]:
-    """The EMA U-Net of a training checkpoint (eval mode), its schedule, and the checkpoint's step and seconds."""
+    """The EMA denoiser (U-Net or DiT) of a training checkpoint (eval mode), its schedule, and the checkpoint's
+    step and seconds."""
     state = load_checkpoint(checkpoint)
-    if state.get("model_config") is None or state.get("model_class") != "UNet":
-        raise ValueError(f"{checkpoint} does not hold a diffedu UNet with its config")
-    model = UNet(UNetConfig(**state["model_config"]))
+    if state.get("model_config") is None or state.get("model_class") not in DENOISERS:
+        raise ValueError(f"{checkpoint} does not hold a diffedu denoiser ({' or '.join(DENOISERS)}) with its config")
+    model = build_denoiser(state["model_class"], state["model_config"])
     model.load_state_dict(ema_weights(state))
     sched = state["schedule"]
     schedule = schedule_from_betas(sched["betas"], sched["name"]) if sched is not None else None
@@ -98,10 +107,19 @@ def model_from_checkpoint(checkpoint: str | os.PathLike[str], device: torch.devi
                                                           "train_config": state["train_config"]}
 
 
+def build_denoiser(model_class: str, config: dict[str, Any], source: object = "the checkpoint") -> nn.Module:
+    """A fresh `model_class` ("UNet" or "DiT") built from its recorded config."""
+    if model_class not in DENOISERS:
+        raise ValueError(f"{source} holds a {model_class!r}, not one of diffedu's denoisers ({', '.join(DENOISERS)}); "
+                         f"update diffedu, or export the weights again")
+    cls, config_cls = DENOISERS[model_class]
+    return cls(config_cls(**config))
+
+
 def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None = None, *,
                     directory: str | os.PathLike[str] | None = None
                     ) -> tuple[nn.Module, NoiseSchedule | None, dict[str, Any]]:
-    """The pretrained U-Net `name` (eval mode, float32), its noise schedule, and an info dict.
+    """The pretrained denoiser `name` (a U-Net or a DiT; eval mode, float32), its noise schedule, and an info dict.
 
     ``info`` holds name, prediction, model_config, step and the training record (command, minutes, ...).
     A flow-matching model (``info["prediction"] == "flow"``) has no schedule: None.
@@ -120,7 +138,7 @@ def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None 
     if "consistency" in payload:
         raise ValueError(f"{path} holds a distilled consistency student, not a diffusion model: load it with "
                          f"diffedu.distill.load_student({name!r}) and sample it with consistency_sample")
-    model = UNet(UNetConfig(**payload["model_config"]))
+    model = build_denoiser(payload.get("model_class", "UNet"), payload["model_config"], path)
     check_fits(model, payload["state_dict"], path, payload.get("model_class"), payload["model_config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
     device = torch.device(device) if device is not None else default_device()
@@ -131,6 +149,7 @@ def load_pretrained(name: str = "mnist_ddpm", device: torch.device | str | None 
         schedule = (make_schedule(sched["name"], sched["T"]) if sched["name"] in SCHEDULES
                     else schedule_from_betas(sched["betas"], sched["name"])).to(device)
     info = {k: payload[k] for k in ("name", "prediction", "model_config", "step", "record", "dtype")}
+    info["model_class"] = type(model).__name__
     images = bool(payload["images"]) if "images" in payload else guess_images(payload["model_config"], payload["record"])
     attach(model, Provenance.of(payload["prediction"], schedule, images=images, source=f"the shipped weights {name!r}"
                                 if directory is None else f"the weights {path}"))

@@ -25,7 +25,7 @@ from diffedu.data import DATASETS, load_dataset
 from diffedu.devices import default_device, device_name
 from diffedu.ema import EMA_IMPLS
 from diffedu.flow import TIME_SAMPLINGS
-from diffedu.models import unet
+from diffedu.models import dit, unet
 from diffedu.pretrained import export_weights
 from diffedu.schedules import SCHEDULES, make_schedule
 from diffedu.train import (
@@ -58,7 +58,10 @@ def profile_name(name: str | None = None) -> str:
                          f"{', '.join(map(repr, DEFAULTS))}")
     return name
 
-PRESETS = ("mnist_small", "mnist_patch", "cifar10_small", "ddpm_cifar10")
+# Each preset: the denoiser's class and the function that makes its config (lesson 11's DiT beside the U-Nets).
+PRESETS = {"mnist_small": (unet.UNet, unet.mnist_small), "mnist_patch": (unet.UNet, unet.mnist_patch),
+           "cifar10_small": (unet.UNet, unet.cifar10_small), "ddpm_cifar10": (unet.UNet, unet.ddpm_cifar10),
+           "mnist_dit": (dit.DiT, dit.mnist_dit), "mnist_dit_p2": (dit.DiT, dit.mnist_dit_p2)}
 
 
 def positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     p = argparse.ArgumentParser(prog="python -m diffedu.train", description=main.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--preset", choices=PRESETS, default="mnist_small")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="mnist_small",
+                   help="the denoiser: a U-Net, or mnist_dit (a Diffusion Transformer, lesson 11)")
     p.add_argument("--profile", choices=tuple(DEFAULTS), default=None,
                    help="sizes the defaults; default: DIFFEDU_PROFILE, else by device")
     p.add_argument("--minutes", type=positive(float, zero=True), default=None,
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     images = load_dataset(args.dataset, "train", limit=args.limit, dtype="uint8")  # scaled batch by batch
     overrides = {"num_classes": len(images.classes)} if args.conditional else {}
     torch.manual_seed(args.seed)  # the initial weights (DDP also broadcasts rank 0's)
-    model = unet.UNet(getattr(unet, args.preset)(**overrides))
+    model_class, make_config = PRESETS[args.preset]
+    model = model_class(make_config(**overrides))
     torch.manual_seed(args.seed + 1_000_003 * world.rank)  # dropout masks differ between ranks
     config = TrainConfig(steps=args.steps, seconds=minutes * 60 if minutes else None, batch_size=batch_size,
                          lr=lr, warmup_steps=warmup, lr_decay=args.lr_decay, ema_decay=args.ema_decay, amp=args.amp,
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         record = {
             "command": " ".join(["python -m diffedu.train", *(argv if argv is not None else sys.argv[1:])]),
             "dataset": args.dataset, "data_source": images.source, "images": len(images), "preset": args.preset,
+            "model_class": type(model).__name__,
             "parameters": unet.count_parameters(model), "model_config": dataclasses.asdict(model.config),
             "schedule": None if flow else args.schedule, "T": None if flow else args.T,
             "objective": args.objective, "train_config": dataclasses.asdict(config),

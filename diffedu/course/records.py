@@ -97,9 +97,14 @@ VIEWS: dict[str, View] = {
         columns=("fid_self", "fid_self_floor", "kid_self", "confident_fraction"),
         command="python benchmarks/flow_matching.py --minutes 10"),
     "few_step": View(
-        tables=("device", "model", "sample_count", "clip_x0"), rows=("sampler", "spacing", "nfe"),
+        tables=("device", "model", "sample_count", "clip_x0", "seed"), rows=("sampler", "spacing", "rho", "nfe"),
         columns=("fid_self", "fid_self_floor", "kid_self", "confident_fraction", "sample_seconds"),
         labels={"sample_seconds": "s/sample"}, command="python benchmarks/few_step.py --threads 2 --no-ddpm"),
+    "backbones": View(
+        tables=("device", "sample_count", "sampler", "nfe"), rows=("backbone", "lr", "train_seconds"),
+        settings_columns=("flops_per_image", "parameters", "train_steps"),
+        columns=("fid_self", "fid_self_floor", "confident_fraction", "train_images_per_s"),
+        command="python benchmarks/backbones.py --threads 2"),
     "text2img": View(
         tables=("space", "device", "sample_count", "steps", "train_steps", "train_seconds"),
         rows=("templates", "guidance"),

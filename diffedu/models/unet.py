@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffedu.models.inputs import batch_timesteps, check_images, check_labels
 from diffedu.models.layers import (
     CrossAttention,
     Downsample,
@@ -294,9 +295,9 @@ class UNet(nn.Module):
         self._check_input(x)
         B = x.shape[0]
         self._check_context(context, context_mask, B)
-        emb = self.time_embed(self._timesteps(t, B, x.device))  # (B, time_dim)
+        emb = self.time_embed(batch_timesteps(t, B, x.device))  # (B, time_dim)
         if self.label_embed is not None:
-            emb = emb + self.label_embed(self._labels(cond, B))  # (B, time_dim)
+            emb = emb + self.label_embed(check_labels(cond, self.config.num_classes, B, "UNet"))  # (B, time_dim)
         elif cond is not None:
             raise ValueError(
                 "cond was given but this UNet is unconditional (num_classes=None); "
@@ -326,26 +327,7 @@ class UNet(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         c = self.config
-        expected = (c.in_channels, c.image_size, c.image_size)
-        if not isinstance(x, Tensor):
-            raise TypeError(f"UNet expects x as a tensor (B, {c.in_channels}, {c.image_size}, {c.image_size}), "
-                            f"got {type(x).__name__}")
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"UNet expects x of shape (B, {c.in_channels}, {c.image_size}, {c.image_size}) "
-                f"(in_channels={c.in_channels}, image_size={c.image_size}), got {tuple(x.shape)}"
-            )
-        weight = self.stem.weight
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"UNet expects float images in [-1, 1], got {x.dtype}; convert pixels with "
-                            f"x.float() / 127.5 - 1")
-        autocast = _autocast_on(x.device.type)
-        if x.dtype != weight.dtype and not autocast:
-            raise TypeError(f"x is {x.dtype} but the UNet's weights are {weight.dtype}; pass x.to({weight.dtype}) "
-                            f"(or convert the model with model.to({x.dtype}))")
-        if x.device != weight.device:
-            raise ValueError(f"x is on {x.device} but the UNet is on {weight.device}; move one of them: "
-                             f"x.to({str(weight.device)!r}) or model.to({str(x.device)!r})")
+        check_images(x, "UNet", c.in_channels, c.image_size, self.stem.weight)
 
     def _check_context(self, context: Tensor | None, context_mask: Tensor | None, batch: int) -> None:
         d = self.config.context_dim
@@ -363,51 +345,6 @@ class UNet(nn.Module):
                                          or tuple(context_mask.shape) != tuple(context.shape[:2])):
             raise ValueError(f"context_mask must be a bool tensor of shape {tuple(context.shape[:2])} (True = a real "
                              f"token), got {context_mask.dtype} of shape {tuple(context_mask.shape)}")
-
-    @staticmethod
-    def _timesteps(t: Tensor | int | float, batch: int, device: torch.device) -> Tensor:
-        t = torch.as_tensor(t, device=device)
-        if t.ndim == 0:
-            t = t.expand(batch)  # () -> (B,)
-        if tuple(t.shape) != (batch,):
-            raise ValueError(
-                f"t must be a scalar or have shape ({batch},) to match x, got shape {tuple(t.shape)}"
-            )
-        if t.dtype == torch.bool or t.is_complex():
-            raise TypeError(f"t must hold timesteps (integers, or floats for flow matching), got {t.dtype}")
-        if t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel():
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"t holds NaN or infinite timesteps: {t.tolist()[:8]}")
-            if bool((t < 0).any()):
-                raise ValueError(f"t holds negative timesteps (down to {t.min().item():.4g}); timesteps run from 0 "
-                                 f"(clean) upwards: check how they were computed (an index of -1 is not the last step "
-                                 f"here)")
-        return t
-
-    def _labels(self, cond: Tensor | None, batch: int) -> Tensor:
-        k = self.config.num_classes
-        hint = f"pass int64 labels of shape ({batch},) in 0..{k - 1}, or {k} for 'no label'"
-        if cond is None:
-            raise ValueError(f"this UNet is class-conditional (num_classes={k}) and needs cond; {hint}")
-        if not isinstance(cond, Tensor) or cond.dtype != torch.int64 or tuple(cond.shape) != (batch,):
-            if isinstance(cond, Tensor):
-                got = f"{cond.dtype} tensor of shape {tuple(cond.shape)}"
-            else:
-                got = type(cond).__name__
-            raise ValueError(f"cond must be labels: got {got}; {hint}")
-        if not torch.compiler.is_compiling() and bool(((cond < 0) | (cond > k)).any()):
-            raise ValueError(f"cond holds labels outside 0..{k}: {cond.tolist()}; {hint}")
-        return cond
-
-
-def _autocast_on(device_type: str) -> bool:
-    """Whether autocast is on for this device type (torch 2.3 has no device argument to is_autocast_enabled)."""
-    if device_type not in ("cpu", "cuda"):  # e.g. "meta" (lesson 03 counts FLOPs there): no autocast to ask about
-        return False
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def shape_trace(
