@@ -5,7 +5,8 @@ sampler at each number of model calls (nfe), from the same seed, and scores each
 `diffedu.metrics.evaluate_samples` (FID_self, KID, confident fraction, the real-data floor at the same count):
 
 - "ddpm" (T calls), "ddim" (eta = 0, uniform timesteps): the course's samplers;
-- "euler" on "trailing" levels, "heun" and "dpm_solver_pp_2m" on "trailing" and "karras" levels (`diffedu.solvers`);
+- "euler" on "trailing" levels, "heun" and "dpm_solver_pp_2m" on "trailing" and "karras" levels (`diffedu.solvers`),
+  and with --power-rho R also DPM-Solver++ on "power" levels of exponent R (settings `rho`);
 - "diffusers_dpm_multistep": diffusers' DPMSolverMultistepScheduler (order 2, dpmsolver++, its default spacing)
   through `diffedu.diffusers_bridge`, skipped with a message where diffusers is not installed;
 - with --flow-model NAME, a flow-matching model instead (lesson 10's `mnist_flow`), by Euler, Heun and
@@ -51,7 +52,8 @@ from diffedu.samplers import ddim_sample, ddpm_sample  # noqa: E402
 from diffedu.solvers import ode_sample  # noqa: E402
 
 
-def runs(nfes: list[int], full: list[int], ddpm: bool, diffusers: bool) -> list[tuple[str, str, int]]:
+def runs(nfes: list[int], full: list[int], ddpm: bool, diffusers: bool, power: bool = False
+         ) -> list[tuple[str, str, int]]:
     """(sampler, spacing, levels) for every sampler at every nfe it can reach (Heun: odd nfe = 2 levels - 1).
 
     At the counts in `full` only DDIM, Euler, Heun and DPM-Solver++ on "trailing" levels run (a CPU's budget)."""
@@ -64,13 +66,15 @@ def runs(nfes: list[int], full: list[int], ddpm: bool, diffusers: bool) -> list[
             out.append(("dpm_solver_pp_2m", spacing, n))
             if n >= 3:
                 out.append(("heun", spacing, (n + 1) // 2))
+        if power and n > 1:
+            out.append(("dpm_solver_pp_2m", "power", n))
         if diffusers and n not in full:
             out.append(("diffusers_dpm_multistep", "linspace", n))
     return out
 
 
 def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, clip_x0: bool,  # noqa: N803
-         batch_index: int = 0):
+         batch_index: int = 0, rho: float | None = None):
     common = {"x_T": x_T, "progress": False}
     if schedule is None:  # a flow-matching model: Euler, Heun or DPM-Solver++ on uniform times (lesson 10)
         return flow_sample(model, shape, steps=levels, sampler=sampler, **common).clamp(-1, 1)
@@ -88,7 +92,8 @@ def draw(model, schedule, sampler: str, spacing: str, levels: int, shape, x_T, c
         scheduler = diffusers_scheduler("dpm_multistep", schedule, solver_order=2, algorithm_type="dpmsolver++",
                                         thresholding=False)
         return diffusers_sample(model, scheduler, shape, steps=levels, **common).clamp(-1, 1)
-    return ode_sample(model, schedule, shape, solver=sampler, steps=levels, spacing=spacing, clip_x0=clip_x0, **common)
+    return ode_sample(model, schedule, shape, solver=sampler, steps=levels, spacing=spacing,
+                      rho=rho if spacing == "power" else None, clip_x0=clip_x0, **common)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nfe", type=int, nargs="*", default=[1, 2, 3, 5, 10, 20, 50])
     p.add_argument("--few-samplers-at", type=int, nargs="*", default=[50],
                    help="model-call counts at which only the main samplers run (DDIM, and the solvers on trailing)")
+    p.add_argument("--power-rho", type=float, default=None, metavar="R",
+                   help="also DPM-Solver++ on 'power' levels t = T (1 - k / n)^R - 1 (R < 1: more calls at high noise)")
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--no-ddpm", action="store_true", help="skip DDPM (T model calls per sample)")
@@ -146,18 +153,19 @@ def main(argv: list[str] | None = None) -> None:
         plan = ([("euler", "uniform", n) for n in args.nfe] + [("dpm_solver_pp_2m", "uniform", n) for n in args.nfe]
                 + [("heun", "uniform", (n + 1) // 2) for n in args.nfe if n >= 3])
     else:
-        plan = runs(args.nfe, args.few_samplers_at, not args.no_ddpm, diffusers_available())
+        plan = runs(args.nfe, args.few_samplers_at, not args.no_ddpm, diffusers_available(), args.power_rho is not None)
     for sampler, spacing, levels in plan:
         nfe = schedule.T if sampler == "ddpm" else (2 * levels - 1 if sampler == "heun" else levels)
         out, started = [], time.perf_counter()
         for start in range(0, args.samples, args.batch):
             x_T = x_T_all[start:start + args.batch].to(device)  # noqa: N806
             out.append(draw(model, schedule, sampler, spacing, levels, tuple(x_T.shape), x_T, clip_x0,
-                            batch_index=start // args.batch).cpu())
+                            batch_index=start // args.batch, rho=args.power_rho).cpu())
         seconds = time.perf_counter() - started
         x = torch.cat(out)
         scores = evaluate_samples(x, "mnist")
-        settings = {**base, "sampler": sampler, "spacing": spacing, "nfe": nfe}
+        settings = {**base, "sampler": sampler, "spacing": spacing, "nfe": nfe,
+                    **({"rho": args.power_rho} if spacing == "power" else {})}
         print(f"\n{sampler} ({spacing}) nfe {nfe}: FID_self {scores['fid_self']:.3f} (floor "
               f"{scores['fid_self_floor']:.3f}), confident {scores['confident_fraction']:.3f}, {seconds:.1f} s")
         for metric, value, unit in (*quality_figures(scores),

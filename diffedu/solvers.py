@@ -25,8 +25,10 @@ All three have the signature and callback of `diffedu.samplers.ddim_sample`: the
 the first timestep (the course's models are trained there), call `callback({"i", "t", "x", "pred_x0"})` after
 each step, and return x_0. `solver_timesteps` chooses the levels: "trailing", uniform in t and ending at
 T / steps - 1 (its last call still has noise to remove); "ddim", uniform in t from T - 1 down to 0 (lesson 05's,
-whose last call, at sigma_0 = 0.01, has almost nothing left to do); or "karras", uniform in sigma^(1/rho)
-(rho = 7, EDM's eq. 5), which packs the levels towards low noise.
+whose last call, at sigma_0 = 0.01, has almost nothing left to do); "karras", uniform in sigma^(1/rho)
+(rho = 7, EDM's eq. 5), which packs the levels towards low noise; or "power", t = T (1 - k / steps)^rho - 1,
+"trailing" bent by an exponent (rho < 1 packs the levels towards the noise and ends higher, rho > 1 towards
+the data).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from diffedu.provenance import resolve
 from diffedu.samplers import Callback, ddim_timesteps, eval_mode, predict, progress_bar, start_noise
 from diffedu.schedules import NoiseSchedule
 
-SolverSpacing = Literal["trailing", "ddim", "karras"]
-SOLVER_SPACINGS: tuple[str, ...] = ("trailing", "ddim", "karras")
+SolverSpacing = Literal["trailing", "ddim", "karras", "power"]
+SOLVER_SPACINGS: tuple[str, ...] = ("trailing", "ddim", "karras", "power")
 SOLVERS: tuple[str, ...] = ("euler", "heun", "dpm_solver_pp_2m")
 
 __all__ = ["SOLVERS", "SOLVER_SPACINGS", "GaussianEps", "dpm_solver_pp_2m_sample", "dpm_solver_pp_2m_step",
@@ -91,8 +93,8 @@ def timestep_of_sigma(schedule: NoiseSchedule, sigma: Tensor) -> Tensor:
     return (torch.as_tensor(sigma, dtype=torch.float64).log()[..., None] - log_sigmas).abs().argmin(-1)
 
 
-def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: SolverSpacing = "trailing", rho: float = 7.0,
-                     sigma_min: float | None = None) -> list[int]:
+def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: SolverSpacing = "trailing",
+                     rho: float | None = None, sigma_min: float | None = None) -> list[int]:
     """The `steps` distinct timesteps a solver visits, descending from T - 1 (pure noise); then it steps to the data.
 
     - "trailing": t_k = round(T (1 - k / steps)) - 1, k = 0..steps-1: uniform in t, the last at T / steps - 1
@@ -100,6 +102,10 @@ def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: SolverSpacing
     - "ddim": `diffedu.samplers.ddim_timesteps(T, steps)`, uniform from T - 1 down to 0.
     - "karras": `karras_sigmas` from sigma_{T-1} down to `sigma_min` (default sigma_0, the schedule's lowest),
       each rounded to the nearest timestep in log sigma; where two round to the same one the lower moves down.
+      `rho` defaults to 7.
+    - "power": t_k = round(T (1 - k / steps)^rho) - 1, k = 0..steps-1 ("trailing" is rho = 1; `rho` is required),
+      made distinct as for "karras". rho < 1 spends more of the calls at high noise and makes the last call at a
+      higher level (rho = 0.8, 10 steps: 999, 918, ..., 275, 157).
     """
     T = schedule.T  # noqa: N806
     if spacing not in SOLVER_SPACINGS:
@@ -110,11 +116,17 @@ def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: SolverSpacing
         return ddim_timesteps(T, steps)
     if spacing == "trailing":
         return [round(T * (1 - k / steps)) - 1 for k in range(steps)]
-    if steps == 1:
+    if spacing == "power":
+        if rho is None or not rho > 0:
+            raise ValueError(f"spacing='power' needs its exponent rho > 0 (1 is 'trailing'; e.g. rho=0.8), got {rho}")
+        rounded = [max(round(T * (1 - k / steps) ** rho) - 1, 0) for k in range(steps)]
+    elif steps == 1:
         return [T - 1]
-    sigmas = schedule_sigmas(schedule)
-    low = sigmas[0].item() if sigma_min is None else sigma_min
-    rounded = timestep_of_sigma(schedule, karras_sigmas(low, sigmas[-1].item(), steps, rho)).tolist()
+    else:
+        sigmas = schedule_sigmas(schedule)
+        low = sigmas[0].item() if sigma_min is None else sigma_min
+        rounded = timestep_of_sigma(schedule, karras_sigmas(low, sigmas[-1].item(), steps,
+                                                            7.0 if rho is None else rho)).tolist()
     out: list[int] = []
     for t in rounded:  # descending; keep distinct (moving down), then lift the tail if it ran below 0
         out.append(t if not out else min(t, out[-1] - 1))
@@ -151,7 +163,7 @@ def nfe(solver: str, steps: int) -> int:
 
 
 def _levels(schedule: NoiseSchedule, steps: int | None, timesteps: Sequence[int] | None,
-            spacing: SolverSpacing, rho: float) -> list[int]:
+            spacing: SolverSpacing, rho: float | None) -> list[int]:
     if (steps is None) == (timesteps is None):
         raise ValueError("pass exactly one of steps= (with spacing=) or timesteps= (a descending list of ints)")
     if timesteps is None:
@@ -172,7 +184,7 @@ def ode_sample(
     steps: int | None = None,
     timesteps: Sequence[int] | None = None,
     spacing: SolverSpacing = "trailing",
-    rho: float = 7.0,
+    rho: float | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     x_T: Tensor | None = None,  # noqa: N803
@@ -188,7 +200,7 @@ def ode_sample(
 
     Args:
         steps: how many noise levels to visit (model calls: `nfe(solver, steps)`), placed by `spacing`
-            ("trailing", "ddim" or "karras") and `rho` (see `solver_timesteps`); or
+            ("trailing", "ddim", "karras" or "power") and `rho` (see `solver_timesteps`); or
         timesteps: the levels themselves, distinct integers descending (for example another library's).
         The others as in `diffedu.samplers.ddim_sample` (guidance, prediction, clip_x0: the predicted x_0
         clamped to [-1, 1] where the model's record says so). `callback` gets {"i", "t", "x", "pred_x0"}

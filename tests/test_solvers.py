@@ -52,6 +52,21 @@ def test_solver_timesteps_are_distinct_descending_from_noise(steps):
     if steps >= 5:  # Karras spends more of its levels at low noise than the uniform spacing
         karras, uniform = solver_timesteps(schedule, steps, "karras"), solver_timesteps(schedule, steps, "ddim")
         assert sum(t < 150 for t in karras) > sum(t < 150 for t in uniform)
+    for rho in (0.5, 0.8, 1.5, 3.0):
+        ts = solver_timesteps(schedule, steps, "power", rho=rho)
+        assert len(ts) == steps and ts[0] == 999 and all(a > b >= 0 for a, b in zip(ts, ts[1:])), (rho, ts)
+    assert solver_timesteps(schedule, steps, "power", rho=1.0) == solver_timesteps(schedule, steps, "trailing")
+    if steps >= 5:  # rho < 1 bends trailing towards the noise: every level at or above trailing's, the last higher
+        bent, trailing = solver_timesteps(schedule, steps, "power", rho=0.8), solver_timesteps(schedule, steps)
+        assert all(b >= t for b, t in zip(bent, trailing)) and bent[-1] > trailing[-1]
+
+
+def test_power_spacing_needs_its_exponent():
+    schedule = make_schedule("linear", 1000)
+    assert solver_timesteps(schedule, 10, "power", rho=0.8) == [999, 918, 836, 751, 664, 573, 479, 381, 275, 157]
+    for rho in (None, 0.0, -1.0):
+        with pytest.raises(ValueError, match="needs its exponent rho > 0"):
+            solver_timesteps(schedule, 10, "power", rho=rho)
 
 
 def test_euler_on_uniform_levels_is_deterministic_ddim(toy):
