@@ -80,4 +80,8 @@ def test_bad_inputs_get_one_clear_error():
         model(x, 0, torch.tensor([1]), context=torch.zeros(1, 3, 8))
     with pytest.raises(ValueError, match="must divide image_size"):
         tiny(patch_size=3)
+    with pytest.raises(ValueError, match="not class labels"):
+        tiny(num_classes=10)
+    with pytest.raises(ValueError, match="context_dim must be a positive integer"):
+        tiny(context_dim=0)
     assert mnist_latent_mmdit().image_size == 8

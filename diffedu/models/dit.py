@@ -77,9 +77,10 @@ class DiTConfig:
         for name in ("image_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DiTConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
         if self.out_channels is not None and (not isinstance(self.out_channels, int) or self.out_channels < 1):
-            raise ValueError(f"DiTConfig.out_channels must be a positive integer or None, got {self.out_channels!r}")
+            raise ValueError(f"{type(self).__name__}.out_channels must be a positive integer or None, "
+                             f"got {self.out_channels!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}; "
                              f"e.g. patch_size={math.gcd(self.image_size, self.patch_size)}")
@@ -167,7 +168,7 @@ class Attention(nn.Module):
 class DiTBlock(nn.Module):
     """A transformer block with adaLN-Zero conditioning: (B, N, d), c (B, d) -> (B, N, d)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffedu.models.dit import modulate, patchify, sincos_position_embedding, unpatchify
+from diffedu.models.dit import DiTConfig, modulate, patchify, sincos_position_embedding, unpatchify
 from diffedu.models.inputs import batch_timesteps, check_images
 from diffedu.models.layers import TimeEmbedding
 
@@ -39,37 +39,19 @@ __all__ = ["JointAttention", "JointBlock", "MMDiT", "MMDiTConfig", "joint_attent
 
 
 @dataclass(frozen=True)
-class MMDiTConfig:
-    """Everything that fixes an MMDiT; checked when built. ``context_dim`` is the text encoder's width."""
+class MMDiTConfig(DiTConfig):
+    """A `DiTConfig` (image size, patches, width, depth, heads) plus ``context_dim``, the text encoder's width.
+    An MMDiT reads text, not class labels: ``num_classes`` must stay None."""
 
-    image_size: int
-    in_channels: int = 4
-    out_channels: int | None = None
-    patch_size: int = 1
-    hidden_size: int = 64
-    depth: int = 4
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
     context_dim: int = 64
 
-    def __post_init__(self) -> None:
-        for name in ("image_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads", "context_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MMDiTConfig.{name} must be a positive integer, got {value!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
-        if self.hidden_size % self.num_heads or self.hidden_size % 4:
-            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of 4 and of num_heads "
-                             f"{self.num_heads}")
-
-    @property
-    def resolved_out_channels(self) -> int:
-        return self.in_channels if self.out_channels is None else self.out_channels
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.context_dim, int) or isinstance(self.context_dim, bool) or self.context_dim < 1:
+            raise ValueError(f"MMDiTConfig.context_dim must be a positive integer, got {self.context_dim!r}")
+        if self.num_classes is not None:
+            raise ValueError("an MMDiT reads text (context=...), not class labels: leave num_classes None, or use "
+                             "diffedu.models.dit.DiT(DiTConfig(num_classes=...))")
 
 
 def joint_attention(q_txt: Tensor, k_txt: Tensor, v_txt: Tensor, q_img: Tensor, k_img: Tensor, v_img: Tensor,
