@@ -78,12 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     amp = ["--amp", "bf16"] if cpu_has_bf16() else ["--amp", "off"]
     curves: dict[str, list[tuple[float, float]]] = {}
+    tag = "" if args.lr == 1e-3 else f"_lr{args.lr:g}"  # the default recipe's files keep their plain names
     for backbone in args.backbones:
         preset = BACKBONES[backbone]
         model_class, make_config = PRESETS[preset]
         fresh = model_class(make_config())
         flops, params = flops_per_image(fresh), count_parameters(fresh)
-        tag = "" if args.lr == 1e-3 else f"_lr{args.lr:g}"
         ckpt = Path(args.runs) / f"backbone_{backbone}{tag}.pt"
         for minutes in sorted(args.minutes):
             train_main([*RECIPE, "--preset", preset, "--lr", str(args.lr), *amp, "--minutes", str(minutes),
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
            title=f"MNIST, flow matching, {args.samples} samples")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"backbones_fid_vs_minutes{'' if args.lr == 1e-3 else f'_lr{args.lr:g}'}.png", dpi=120)
+    fig.savefig(RESULTS / f"backbones_fid_vs_minutes{tag}.png", dpi=120)
 
 
 if __name__ == "__main__":
