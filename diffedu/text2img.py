@@ -12,6 +12,11 @@ records where each word is looked at, `evaluate_prompts` measures how well image
 prompts, and `load_text2img` loads the shipped ``mnist_text`` weights ("load if it exists, else train"), a
 latent model (below).
 
+The denoiser may instead be a joint text-image transformer (lesson 11; Esser et al. 2024, Stable Diffusion 3's
+MMDiT): ``Text2ImgConfig(None, text, vocab, mmdit=MMDiTConfig(...))``, trained with flow matching
+(``TrainConfig(objective="flow")``, no schedule); `generate` and `evaluate_prompts` then integrate its ODE
+(``schedule=None``, ``sampler="heun"``), and `capture_joint_attention` records where each word is looked at.
+
 The same model works in a VAE's latent space (lesson 07; Rombach et al. 2022, i.e. Stable Diffusion's layout):
 ``Text2ImgConfig(vae="mnist_vae")`` names the VAE, the U-Net is sized for its latents (`mnist_latent_text`),
 training runs on ``vae.encode(images)``, and `generate` / `evaluate_prompts` take ``vae=`` to decode.
@@ -32,8 +37,10 @@ from torch import Tensor, nn
 from diffedu.captions import Captioner
 from diffedu.checkpoints import atomic_save, check_fits, load_checkpoint, read_file, weights_dir, weights_payload
 from diffedu.devices import default_device
+from diffedu.flow import flow_sample
 from diffedu.latent import load_vae
 from diffedu.models.layers import CrossAttention
+from diffedu.models.mmdit import JointBlock, MMDiT, MMDiTConfig, mnist_latent_mmdit
 from diffedu.models.text import TextEncoder, TextEncoderConfig, Tokenizer, check_prompts
 from diffedu.models.unet import UNet, UNetConfig, mnist_small
 from diffedu.provenance import Provenance, attach
@@ -41,36 +48,59 @@ from diffedu.samplers import ddim_sample
 from diffedu.schedules import make_schedule
 
 __all__ = [
-    "Text2Img", "Text2ImgConfig", "capture_cross_attention", "evaluate_prompts", "export_text2img", "generate",
-    "load_text2img", "mnist_latent_text", "mnist_pixel_text", "token_attention_maps",
+    "Text2Img", "Text2ImgConfig", "capture_cross_attention", "capture_joint_attention", "evaluate_prompts",
+    "export_text2img", "generate", "joint_token_maps", "load_text2img", "mnist_latent_mmdit_text", "mnist_latent_text",
+    "mnist_pixel_text", "token_attention_maps",
 ]
 
 FORMAT = "diffedu-text2img-weights"
 MAX_FP32_BYTES = 3 * 2**20  # above this the weights are stored in float16
-RECIPES = {"mnist_text": "python benchmarks/text2img.py --space latent --train-minutes 15 --export"}
+RECIPES = {"mnist_text": "python benchmarks/text2img.py --space latent --train-minutes 15 --export",
+           "mnist_mmdit_text": "python benchmarks/text2img.py --backbone mmdit --name mnist_mmdit_text --threads 2 "
+                               "--out runs/mnist_mmdit_text.pt --train-minutes 15 --export"}
 
 
 @dataclass(frozen=True)
 class Text2ImgConfig:
-    """The U-Net, the text encoder and the tokenizer's words: everything that fixes a `Text2Img`."""
+    """The denoiser (a U-Net, or an MMDiT), the text encoder and the tokenizer's words: all that fixes a `Text2Img`.
 
-    unet: UNetConfig
+    Exactly one of ``unet`` and ``mmdit`` is given (``Text2ImgConfig(None, text, vocab, mmdit=...)`` for an MMDiT).
+    """
+
+    unet: UNetConfig | None
     text: TextEncoderConfig
     vocab: tuple[str, ...]  # the tokenizer's words, without PAD, BOS, UNK
-    vae: str | None = None  # the shipped VAE whose latents the U-Net denoises (None: pixels)
+    vae: str | None = None  # the shipped VAE whose latents the denoiser works on (None: pixels)
+    mmdit: MMDiTConfig | None = None  # a joint text-image transformer instead of the U-Net (lesson 11)
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
             object.__setattr__(self, "unet", UNetConfig(**self.unet))
+        if isinstance(self.mmdit, dict):
+            object.__setattr__(self, "mmdit", MMDiTConfig(**self.mmdit))
         if isinstance(self.text, dict):
             object.__setattr__(self, "text", TextEncoderConfig(**self.text))
         object.__setattr__(self, "vocab", tuple(self.vocab))
-        if self.unet.context_dim != self.text.dim:
-            raise ValueError(f"the U-Net's context_dim ({self.unet.context_dim}) must equal the text encoder's width "
-                             f"dim ({self.text.dim}): its cross-attention reads the encoder's vectors")
+        if (self.unet is None) == (self.mmdit is None):
+            raise ValueError("give the denoiser's config as exactly one of unet= (a UNetConfig) and mmdit= (an "
+                             "MMDiTConfig)")
+        width = self.denoiser.context_dim
+        if width != self.text.dim:
+            raise ValueError(f"the {self.backbone}'s context_dim ({width}) must equal the text encoder's width "
+                             f"dim ({self.text.dim}): its attention reads the encoder's vectors")
         if self.text.vocab_size != len(self.vocab) + 3:
             raise ValueError(f"text.vocab_size={self.text.vocab_size} must be len(vocab) + 3 (PAD, BOS, UNK) = "
                              f"{len(self.vocab) + 3}")
+
+    @property
+    def denoiser(self) -> UNetConfig | MMDiTConfig:
+        """The denoiser's config, whichever it is."""
+        return self.unet if self.unet is not None else self.mmdit
+
+    @property
+    def backbone(self) -> str:
+        """ "unet" or "mmdit"."""
+        return "unet" if self.unet is not None else "mmdit"
 
 
 def mnist_pixel_text(vocab: Sequence[str], *, dim: int = 64, depth: int = 2, max_length: int = 16,
@@ -109,8 +139,21 @@ def mnist_latent_text(vocab: Sequence[str], *, vae: str = "mnist_vae", latent_ch
     return Text2ImgConfig(UNetConfig(**fields), text, tuple(vocab), vae=vae)
 
 
+def mnist_latent_mmdit_text(vocab: Sequence[str], *, vae: str = "mnist_vae", dim: int = 64, depth: int = 2,
+                            max_length: int = 16, **mmdit_overrides: Any) -> Text2ImgConfig:
+    """A joint text-image transformer for lesson 07's MNIST latents (4x8x8), lesson 11: `mnist_latent_mmdit`
+    (1x1 patches, so 64 image tokens, width 64, depth 4) reading the same text encoder as `mnist_latent_text`.
+    Keyword arguments override MMDiT fields. The shipped ``mnist_mmdit_text`` weights are this model, trained with
+    flow matching as SD3 is."""
+    from_mmdit = {"context_dim": dim, **mmdit_overrides}
+    text = TextEncoderConfig(vocab_size=len(vocab) + 3, max_length=max_length, dim=dim, depth=depth,
+                             num_heads=4, mlp_ratio=2)
+    return Text2ImgConfig(None, text, tuple(vocab), vae=vae, mmdit=mnist_latent_mmdit(**from_mmdit))
+
+
 class Text2Img(nn.Module):
-    """``eps_hat = Text2Img(x_t, t, tokens)``: the text encoder reads the tokens, the U-Net's cross-attention reads it.
+    """``output = Text2Img(x_t, t, tokens)``: the text encoder reads the tokens; the denoiser reads its vectors,
+    by cross-attention (a U-Net, lesson 09) or in one joint attention with the image patches (an MMDiT, lesson 11).
 
     ``tokens`` (B, L) int64 from ``model.tokenizer.encode(prompts)``; the padding mask comes from them. The
     tokenizer travels with the model (its words are in the config).
@@ -121,11 +164,25 @@ class Text2Img(nn.Module):
         self.config = config
         self.tokenizer = Tokenizer(config.vocab, config.text.max_length)
         self.text_encoder = TextEncoder(config.text)
-        self.unet = UNet(config.unet)
+        if config.unet is not None:
+            self.unet = UNet(config.unet)
+        else:
+            self.mmdit = MMDiT(config.mmdit)
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The U-Net or the MMDiT."""
+        return self.unet if self.config.unet is not None else self.mmdit
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the denoiser works on: pixels, or a VAE's latents."""
+        c = self.config.denoiser
+        return (c.in_channels, c.image_size, c.image_size)
 
     def forward(self, x: Tensor, t: Tensor | int | float, tokens: Tensor) -> Tensor:
         context, mask = self.text_encoder(tokens)  # (B, L, D), (B, L)
-        return self.unet(x, t, context=context, context_mask=mask)
+        return self.denoiser(x, t, context=context, context_mask=mask)
 
     def encode(self, prompts: str | Sequence[str], *, warn: bool = True) -> Tensor:
         """Token ids (B, L) of the prompts, on the model's device (a single prompt gives B = 1)."""
@@ -153,10 +210,12 @@ def _device(module: nn.Module) -> torch.device:
 def generate(model: Text2Img, schedule: Any, prompts: str | Sequence[str], *, n_per_prompt: int = 1,
              guidance: float | None = 3.0, steps: int = 50, eta: float = 1.0, seed: int = 0,
              batch_size: int = 250, clip_x0: bool | None = None, progress: bool = False, warn: bool = True,
-             vae: nn.Module | None = None) -> Tensor:
+             vae: nn.Module | None = None, sampler: str = "heun", shift: float = 1.0) -> Tensor:
     """Images for prompts, (len(prompts) * n_per_prompt, C, H, W) in [-1, 1], prompt-major, on the CPU.
 
-    DDIM sampling (``steps`` steps, noise scale ``eta``) with classifier-free guidance of scale ``guidance``
+    A diffusion model (``schedule`` given): DDIM sampling (``steps`` steps, noise scale ``eta``). A flow-matching
+    model (``schedule=None``): its ODE integrated by `diffedu.flow.flow_sample` (``sampler``, ``steps``,
+    ``shift``; ``eta`` and ``clip_x0`` do not apply). Either with classifier-free guidance of scale ``guidance``
     against the empty prompt (None: the conditional model alone, one model call a step). The same seed gives
     the same starting noise for the same number of images. A latent model (``config.vae`` set) needs ``vae``,
     which decodes its samples. ``clip_x0`` (clamp the predicted x_0 to [-1, 1]) defaults to True for pixels and
@@ -168,16 +227,20 @@ def generate(model: Text2Img, schedule: Any, prompts: str | Sequence[str], *, n_
     _check_vae(model, vae)
     clip_x0 = vae is None if clip_x0 is None else clip_x0
     tokens = model.encode(prompts, warn=warn).repeat_interleave(n_per_prompt, dim=0)  # (B, L)
-    c = model.config.unet
-    shape = (len(tokens), c.in_channels, c.image_size, c.image_size)
+    shape = (len(tokens), *model.image_shape)
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn(shape, generator=generator)  # noqa: N806
+    uncond = model.empty_prompt() if guidance is not None else None
     out = []
     for start in range(0, len(tokens), batch_size):
         part = slice(start, start + batch_size)
+        if schedule is None:
+            out.append(flow_sample(model, tuple(x_T[part].shape), steps=steps, sampler=sampler, shift=shift,
+                                   x_T=x_T[part], cond=tokens[part], guidance=guidance, uncond=uncond,
+                                   progress=progress, device=_device(model)))
+            continue
         out.append(ddim_sample(model, schedule, tuple(x_T[part].shape), steps=steps, eta=eta, x_T=x_T[part],
-                               cond=tokens[part], guidance=guidance,
-                               uncond=model.empty_prompt() if guidance is not None else None,
+                               cond=tokens[part], guidance=guidance, uncond=uncond,
                                generator=generator, clip_x0=clip_x0, progress=progress,
                                device=_device(model)))
     samples = torch.cat(out)
@@ -226,6 +289,46 @@ def capture_cross_attention(model: nn.Module, resolution: int) -> Iterator[list[
             handle.remove()
 
 
+@contextlib.contextmanager
+def capture_joint_attention(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the joint attention weights of every MMDiT block (`diffedu.models.mmdit.JointBlock`).
+
+    Yields a list that fills with one (B, nh, L + N, L + N) tensor per block call (on the CPU; the sequence is
+    [text tokens | image patches]), in call order; the hooks are removed on exit. The weights are recomputed from
+    the block's inputs, so the model runs its fast path unchanged.
+    """
+    records: list[Tensor] = []
+
+    def hook(module: JointBlock, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        records.append(module.attention_weights(*args, **kwargs).detach().float().cpu())
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules() if isinstance(m, JointBlock)]
+    if not handles:
+        raise ValueError("this model has no joint attention blocks to record (it is not an MMDiT): for a U-Net use "
+                         "capture_cross_attention")
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def joint_token_maps(records: Sequence[Tensor], batch: int, length: int, grid: int) -> Tensor:
+    """Where each image patch looks among the words: (B, L, grid, grid), averaged over calls and heads.
+
+    The rows of the image queries, the columns of the ``length`` text keys, renormalised so that a patch's
+    weights over the words sum to 1 (in joint attention a patch also attends to other patches; this keeps the
+    share it gives the text and splits it the way cross-attention's maps do, `token_attention_maps`). With
+    guidance only the first ``batch`` rows (the conditional half) are kept.
+    """
+    if not records:
+        raise ValueError("no attention weights were recorded: run the model inside capture_joint_attention")
+    mean = torch.stack([r[:batch].mean(dim=1) for r in records]).mean(dim=0)  # (B, L + N, L + N)
+    image_to_text = mean[:, length:, :length]  # (B, N, L)
+    image_to_text = image_to_text / image_to_text.sum(-1, keepdim=True).clamp(min=1e-12)
+    return image_to_text.transpose(1, 2).reshape(batch, length, grid, grid)
+
+
 def token_attention_maps(records: Sequence[Tensor], batch: int, resolution: int) -> Tensor:
     """Average recorded weights over calls and heads: (B, L, resolution, resolution), one map per token.
 
@@ -247,7 +350,7 @@ def token_attention_maps(records: Sequence[Tensor], batch: int, resolution: int)
 def evaluate_prompts(model: Text2Img, schedule: Any, captioner: Any, classifier: nn.Module, *, n: int,
                      templates: str = "train", guidance: float | None = 3.0, steps: int = 50, eta: float = 1.0,
                      seed: int = 0, batch_size: int = 250, with_attribute: bool = True,
-                     vae: nn.Module | None = None) -> dict[str, Any]:
+                     vae: nn.Module | None = None, sampler: str = "heun", shift: float = 1.0) -> dict[str, Any]:
     """Sample ``n`` images from prompts with a known class and (optionally) one known attribute; judge them.
 
     Sample i asks for class i mod K and, with ``with_attribute``, for attribute i mod A at its low or high
@@ -259,7 +362,8 @@ def evaluate_prompts(model: Text2Img, schedule: Any, captioner: Any, classifier:
       thresholds (of the class asked for), falls at the level asked for (chance: about 1/3).
 
     Returns {"class_accuracy", "attribute_accuracy", "per_attribute": {name: accuracy}, "prompts", "images",
-    "labels", "asked": {name: (n,) levels or -1}, "measured": {name: (n,) levels}}. A latent model needs ``vae``.
+    "labels", "asked": {name: (n,) levels or -1}, "measured": {name: (n,) levels}}. A latent model needs ``vae``;
+    a flow-matching model takes ``schedule=None`` and ``sampler`` / ``shift`` (see `generate`).
     """
     K = len(captioner.spec.nouns)  # noqa: N806
     labels = torch.arange(n) % K
@@ -271,7 +375,7 @@ def evaluate_prompts(model: Text2Img, schedule: Any, captioner: Any, classifier:
     levels = {name: torch.where(v < 0, 1, v) for name, v in asked.items()}  # not asked (-1) -> mid: unsaid
     prompts = captioner.describe(labels, levels, templates=templates, seed=seed)
     images = generate(model, schedule, prompts, guidance=guidance, steps=steps, eta=eta, seed=seed,
-                      batch_size=batch_size, warn=False, vae=vae)
+                      batch_size=batch_size, warn=False, vae=vae, sampler=sampler, shift=shift)
     device = next(classifier.parameters()).device
     was_training = classifier.training
     classifier.eval()
@@ -315,7 +419,8 @@ def export_text2img(checkpoint: str | os.PathLike[str] | dict[str, Any], out_pat
 
 def load_text2img(name: str = "mnist_text", device: torch.device | str | None = None, *,
                   directory: str | os.PathLike[str] | None = None) -> tuple[Text2Img, Any, dict[str, Any]]:
-    """The shipped text-to-image model ``name`` (eval mode, float32), its noise schedule, and an info dict.
+    """The shipped text-to-image model ``name`` (eval mode, float32), its noise schedule (None for a flow-matching
+    model, e.g. ``mnist_mmdit_text``), and an info dict.
 
     ``info`` holds name, prediction, step, the training record, ``captioner`` (a `Captioner` with the
     thresholds its training captions were written with, or None) and ``vae`` (for a latent model, the VAE
@@ -331,7 +436,8 @@ def load_text2img(name: str = "mnist_text", device: torch.device | str | None = 
     model = Text2Img.from_config_dict(payload["model_config"])
     check_fits(model, payload["state_dict"], path, payload.get("model_class"), None)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-    schedule = make_schedule(payload["schedule"]["name"], payload["schedule"]["T"])
+    schedule = (None if payload["schedule"] is None
+                else make_schedule(payload["schedule"]["name"], payload["schedule"]["T"]))
     device = torch.device(device) if device is not None else default_device()
     info = {k: payload[k] for k in ("name", "prediction", "step", "record", "dtype")}
     attach(model, Provenance.of(payload["prediction"], schedule, images=model.config.vae is None,
@@ -341,7 +447,7 @@ def load_text2img(name: str = "mnist_text", device: torch.device | str | None = 
     info["vae"] = None
     if model.config.vae is not None:
         info["vae"], _ = load_vae(model.config.vae, device=device)
-    return model.to(device).eval(), schedule.to(device), info
+    return model.to(device).eval(), None if schedule is None else schedule.to(device), info
 
 
 def config_of(model: Text2Img) -> dict[str, Any]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from diffedu.course.checks import lesson11 as checks
 from diffedu.course.checks.core import ExerciseError
 from diffedu.models.dit import DiTBlock, modulate, patchify
+from diffedu.models.mmdit import joint_attention
 
 
 def _skipped(*args, **kwargs):
@@ -69,3 +72,43 @@ def test_dit_block_check_passes_a_right_block_and_falls_back_when_skipped():
     assert checks.check_dit_block(_block("skip")) is DiTBlock
     with pytest.raises(ExerciseError, match="same submodules"):
         checks.check_dit_block(lambda dim, heads, ratio=4.0: DiTBlock(dim + 1, heads, ratio))
+
+
+def _joint(kind="right"):
+    def attend(q, k, v, mask=None, dim=-1):
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        return scores.softmax(dim) @ v
+
+    def joint(q_txt, k_txt, v_txt, q_img, k_img, v_img, txt_mask=None):
+        if kind == "skip":
+            raise NotImplementedError
+        L = q_txt.shape[2]
+        q, k, v = torch.cat([q_txt, q_img], 2), torch.cat([k_txt, k_img], 2), torch.cat([v_txt, v_img], 2)
+        mask = None
+        if txt_mask is not None and kind != "no mask":
+            mask = torch.cat([txt_mask, txt_mask.new_ones(txt_mask.shape[0], k_img.shape[2])], 1)
+        if kind == "cross":
+            return attend(q_txt, k_txt, v_txt, txt_mask), attend(q_img, k_txt, v_txt, txt_mask)
+        if kind == "queries masked":
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            scores = scores.masked_fill(~mask[:, None, :, None], float("-inf"))
+            out = scores.softmax(-1) @ v
+        else:
+            out = attend(q, k, v, mask)
+        return out[:, :, :L], out[:, :, L:]
+
+    return joint
+
+
+def test_joint_attention_check():
+    right = _joint()
+    assert checks.check_joint_attention(right) is right
+    with pytest.raises(ExerciseError, match="padding tokens are read"):
+        checks.check_joint_attention(_joint("no mask"))
+    with pytest.raises(ExerciseError, match="cross-attention"):
+        checks.check_joint_attention(_joint("cross"))
+    with pytest.raises(ExerciseError, match="mask the padding KEYS"):
+        checks.check_joint_attention(_joint("queries masked"))
+    assert checks.check_joint_attention(_joint("skip")) is joint_attention

@@ -52,6 +52,12 @@ def test_latest_prefer_suffix_and_defaults(tmp_path):
     preferred = recorded_tables("b", View(tables=("run",), rows=("w",), columns=("acc",), prefer={"profile": "gpu"}),
                                 directory=tmp_path)
     assert [t.heading for t in preferred.tables] == ["run 1"]  # the GPU's figures, where there are any
+    only = recorded_tables("b", View(tables=("run",), rows=("w",), columns=("acc",), defaults={"run": 0}),
+                           where={"run": 2}, directory=tmp_path)
+    assert [t.heading for t in only.tables] == ["run 2"] and only.tables[0].rows == [["1", "0.6"]]
+    none = recorded_tables("b", View(tables=("run",), rows=("w",), columns=("acc",)), where={"run": 9},
+                           directory=tmp_path)
+    assert not none.tables and "match {'run': 9}" in str(none)
 
 
 def test_missing_figures_say_how_to_make_them_and_a_broken_file_is_refused(tmp_path):

@@ -106,11 +106,14 @@ VIEWS: dict[str, View] = {
         columns=("fid_self", "fid_self_floor", "confident_fraction", "train_images_per_s"),
         command="python benchmarks/backbones.py --threads 2"),
     "text2img": View(
-        tables=("space", "device", "sample_count", "steps", "train_steps", "train_seconds"),
+        tables=("backbone", "objective", "space", "device", "sample_count", "sampler", "steps", "train_steps",
+                "train_seconds"),
         rows=("templates", "guidance"),
         columns=("class_accuracy", "attribute_accuracy", "attribute_accuracy_thickness", "attribute_accuracy_slant",
                  "attribute_accuracy_size"),
-        defaults={"space": "pixel"}, metric_suffix="_heldout", command="python benchmarks/text2img.py"),
+        defaults={"space": "pixel", "backbone": "unet", "objective": "eps", "sampler": "ddim"},
+        metric_suffix="_heldout",
+        command="python benchmarks/text2img.py"),
 }
 
 
@@ -218,11 +221,12 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def recorded_tables(benchmark: str, view: View | None = None, *,
+def recorded_tables(benchmark: str, view: View | None = None, *, where: Mapping[str, Any] | None = None,
                     directory: str | os.PathLike[str] | None = None) -> RecordedTables:
     """The recorded figures of ``benchmark`` as tables, arranged by ``view`` (by default ``VIEWS[benchmark]``).
 
     ``"name:part"`` reads benchmark ``name`` with the view ``VIEWS["name:part"]`` (one benchmark, two tables).
+    ``where`` keeps only the records whose fields (settings, with the view's defaults) have these values.
     """
     if view is None:
         if benchmark not in VIEWS:
@@ -234,6 +238,9 @@ def recorded_tables(benchmark: str, view: View | None = None, *,
         how = f"; make them with  {view.command}" if view.command else ""
         return RecordedTables(benchmark, [], f"no recorded figures for {benchmark!r} yet{how}")
     field_of: Callable[[dict[str, Any], str], Any] = lambda r, name: _field(r, name, view.defaults)  # noqa: E731
+    records = [r for r in records if all(field_of(r, k) == v for k, v in (where or {}).items())]
+    if not records:
+        return RecordedTables(benchmark, [], f"no recorded figures for {benchmark!r} match {dict(where or {})}")
     preferred = [r for r in records if all(field_of(r, k) == v for k, v in view.prefer.items())]
     records = preferred or records
     columns = [c.split("@")[0] for c in view.columns]
@@ -303,9 +310,10 @@ def _label(column: Any) -> str:
     return LABELS.get(column, column)
 
 
-def show_recorded(benchmark: str, view: View | None = None, *, directory: str | os.PathLike[str] | None = None) -> None:
+def show_recorded(benchmark: str, view: View | None = None, *, where: Mapping[str, Any] | None = None,
+                  directory: str | os.PathLike[str] | None = None) -> None:
     """Show the recorded figures of ``benchmark`` (see `recorded_tables`): HTML in a notebook, text elsewhere."""
-    display(recorded_tables(benchmark, view, directory=directory))
+    display(recorded_tables(benchmark, view, where=where, directory=directory))
 
 
 def plot_recorded(benchmark: str, *, x: str, y: str, series: tuple[str, ...], where: Mapping[str, Any] | None = None,

@@ -1,12 +1,16 @@
-"""Checks for the exercises of lesson 11 (transformers as the denoiser): patchify, and a DiT block with adaLN-Zero.
+"""Checks for the exercises of lesson 11 (transformers as the denoiser): patchify, a DiT block with adaLN-Zero, and
+an MMDiT's joint attention over text and image tokens.
 
 The patch check compares token by token on small images whose pixels are all different, so a wrong order of
 patches or of the numbers inside a patch shows; the block check loads the library's `DiTBlock` weights (made
-random: zero-initialised gates would hide every mistake behind a zero) into the learner's block.
+random: zero-initialised gates would hide every mistake behind a zero) into the learner's block. The joint
+attention check uses a text of 3 tokens, one of them padding, and 5 image tokens, so the text and image parts have
+different lengths and a read of the padding shows.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -14,8 +18,9 @@ from torch import Tensor
 
 from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise, check_module
 from diffedu.models.dit import DiTBlock, modulate, patchify
+from diffedu.models.mmdit import joint_attention
 
-__all__ = ["ExerciseError", "check_dit_block", "check_patchify"]
+__all__ = ["ExerciseError", "check_dit_block", "check_joint_attention", "check_patchify"]
 
 
 def check_patchify(learner: Callable[[Tensor, int], Tensor]) -> Callable[[Tensor, int], Tensor]:
@@ -107,3 +112,73 @@ def check_dit_block(learner_cls: type) -> type:
     crash_hints = [("must match the size of tensor b", "shift, scale and gate are (B, d), the tokens (B, N, d): add "
                                                        "a token axis with [:, None] (modulate does it for you).")]
     return check_module("DiTBlock", learner_cls, DiTBlock, setups, wrong, crash_hints=crash_hints)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None, *, scale: bool = True,
+            dim: int = -1) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v written out, with keys masked where key_mask (B, n_keys) is False."""
+    scores = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(dim) @ v
+
+
+def check_joint_attention(learner: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., tuple[Tensor, Tensor]]:
+    """Lesson 11: one attention over [text | image]: queries, keys and values of both streams concatenated, padding
+    keys masked, softmax over the keys, the output split back into (text part, image part)."""
+    g = torch.Generator().manual_seed(11)
+    B, nh, L, N, hd = 2, 2, 3, 5, 4
+    q_t, k_t, v_t = (torch.randn(B, nh, L, hd, generator=g) for _ in range(3))
+    q_i, k_i, v_i = (torch.randn(B, nh, N, hd, generator=g) for _ in range(3))
+    mask = torch.tensor([[True, True, False], [True, True, True]])  # the first caption's last token is padding
+    cases = [
+        Case((q_t, k_t, v_t, q_i, k_i, v_i), {"txt_mask": mask},
+             "2 examples, 2 heads of width 4; 3 text tokens (the first example's last one is padding) and 5 image "
+             "tokens", nan_hint="a NaN comes from a row of scores that are all -inf: mask the padding KEYS (the "
+                                "columns of the scores), not the padding queries"),
+        Case((q_t, k_t, v_t, q_i, k_i, v_i), {}, "the same tokens without a mask (txt_mask=None: no padding)"),
+    ]
+
+    def variant(kind: str) -> Callable[..., tuple[Tensor, Tensor]]:
+        def compute(q_txt, k_txt, v_txt, q_img, k_img, v_img, txt_mask=None):
+            keys = None if txt_mask is None else torch.cat([txt_mask, txt_mask.new_ones(B, N)], dim=1)
+            k, v = torch.cat([k_txt, k_img], 2), torch.cat([v_txt, v_img], 2)
+            if kind == "no mask":
+                return _attend(q_txt, k, v), _attend(q_img, k, v)
+            if kind == "cross":  # lesson 09: the image reads the words only; the words read themselves
+                return _attend(q_txt, k_txt, v_txt, txt_mask), _attend(q_img, k_txt, v_txt, txt_mask)
+            if kind == "separate":  # two self-attentions: the streams never meet
+                return _attend(q_txt, k_txt, v_txt, txt_mask), _attend(q_img, k_img, v_img)
+            if kind == "no scale":
+                return _attend(q_txt, k, v, keys, scale=False), _attend(q_img, k, v, keys, scale=False)
+            if kind == "softmax over queries":
+                q = torch.cat([q_txt, q_img], 2)
+                scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+                if keys is not None:
+                    scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
+                out = torch.nan_to_num(scores.softmax(-2)) @ v
+                return out[:, :, :L], out[:, :, L:]
+            if kind == "split swapped":  # [image | text] concatenated, but split as if [text | image]
+                keys_ = None if txt_mask is None else torch.cat([txt_mask.new_ones(B, N), txt_mask], dim=1)
+                q = torch.cat([q_img, q_txt], 2)
+                out = _attend(q, torch.cat([k_img, k_txt], 2), torch.cat([v_img, v_txt], 2), keys_)
+                return out[:, :, :L], out[:, :, L:]
+            raise ValueError(kind)
+        return compute
+
+    mistakes = [
+        Mistake("the padding tokens are read: mask the keys of the padding (scores of -inf in those columns before "
+                "the softmax), for the text's queries and the image's alike.", variant("no mask")),
+        Mistake("the image reads only the words (lesson 09's cross-attention): in joint attention the keys and values "
+                "are ALL the tokens, text and image, for every query.", variant("cross")),
+        Mistake("the text attends to the text and the image to the image: two self-attentions, the streams never "
+                "meet. Concatenate the two streams' keys and values and let every query see them all.",
+                variant("separate")),
+        Mistake("the scores are not divided by sqrt(head width): q k^T / sqrt(d) keeps the softmax from saturating.",
+                variant("no scale")),
+        Mistake("the softmax runs over the queries (dim=-2): each query's weights over the KEYS must sum to 1, "
+                "softmax(dim=-1).", variant("softmax over queries")),
+        Mistake("the sequence is split in another order than it was joined: with [text | image] the first L outputs "
+                "are the text's.", variant("split swapped")),
+    ]
+    return check_exercise("joint_attention", learner, joint_attention, cases, mistakes=mistakes)
