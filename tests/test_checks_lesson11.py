@@ -91,12 +91,12 @@ def _joint(kind="right"):
             mask = torch.cat([txt_mask, txt_mask.new_ones(txt_mask.shape[0], k_img.shape[2])], 1)
         if kind == "cross":
             return attend(q_txt, k_txt, v_txt, txt_mask), attend(q_img, k_txt, v_txt, txt_mask)
-        if kind == "queries masked":
+        if kind == "queries masked" and mask is not None:
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
             scores = scores.masked_fill(~mask[:, None, :, None], float("-inf"))
             out = scores.softmax(-1) @ v
         else:
-            out = attend(q, k, v, mask)
+            out = attend(q, k, v, mask, dim=-2 if kind == "softmax over queries" else -1)
         return out[:, :, :L], out[:, :, L:]
 
     return joint
@@ -109,6 +109,8 @@ def test_joint_attention_check():
         checks.check_joint_attention(_joint("no mask"))
     with pytest.raises(ExerciseError, match="cross-attention"):
         checks.check_joint_attention(_joint("cross"))
+    with pytest.raises(ExerciseError, match="softmax runs over the queries"):
+        checks.check_joint_attention(_joint("softmax over queries"))
     with pytest.raises(ExerciseError, match="mask the padding KEYS"):
         checks.check_joint_attention(_joint("queries masked"))
     assert checks.check_joint_attention(_joint("skip")) is joint_attention

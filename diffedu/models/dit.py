@@ -226,14 +226,15 @@ class DiT(nn.Module):
 
 def mnist_dit(**overrides: Any) -> DiTConfig:
     """A DiT for 28x28 MNIST at about the FLOPs of `diffedu.models.unet.mnist_patch` (0.10 GFLOP per image): 4x4
-    patches (49 tokens), width 128, 4 heads, depth 5 (0.098 GFLOP, 1.55M parameters). At the same FLOPs, 2x2
-    patches (196 tokens) leave room for width 64 only (`mnist_dit_p2`), and on a CPU train at half the images per
-    second (attention over 4x the tokens, and 4x the elementwise work per layer). Keyword arguments override fields."""
+    patches (49 tokens), width 128, 4 heads, depth 5 (0.104 GFLOP with its attention, `diffedu.models.flops`; 1.55M
+    parameters). With 2x2 patches (196 tokens) the same linear layers leave room for width 64 only (`mnist_dit_p2`),
+    whose attention over 4x the tokens brings it to 0.146 GFLOP; on a CPU it trains at half the images per second.
+    Keyword arguments override fields."""
     return replace(DiTConfig(image_size=28, in_channels=1, patch_size=4, hidden_size=128, depth=5, num_heads=4),
                    **overrides)
 
 
 def mnist_dit_p2(**overrides: Any) -> DiTConfig:
-    """`mnist_dit` on 2x2 patches (196 tokens) at about the same FLOPs: width 64, depth 5 (0.097 GFLOP, 0.39M
-    parameters)."""
+    """`mnist_dit` on 2x2 patches (196 tokens) with linear layers of about the same FLOPs: width 64, depth 5 (0.146
+    GFLOP with the attention over 196 tokens, 0.39M parameters)."""
     return mnist_dit(**{"patch_size": 2, "hidden_size": 64, **overrides})

@@ -131,12 +131,13 @@ def check_joint_attention(learner: Callable[..., tuple[Tensor, Tensor]]) -> Call
     q_t, k_t, v_t = (torch.randn(B, nh, L, hd, generator=g) for _ in range(3))
     q_i, k_i, v_i = (torch.randn(B, nh, N, hd, generator=g) for _ in range(3))
     mask = torch.tensor([[True, True, False], [True, True, True]])  # the first caption's last token is padding
-    cases = [
+    cases = [  # without padding first: a softmax over the wrong axis is named there, before a mask can make NaNs
+        Case((q_t, k_t, v_t, q_i, k_i, v_i), {}, "2 examples, 2 heads of width 4; 3 text tokens and 5 image tokens, "
+                                                 "no mask (txt_mask=None: no padding)"),
         Case((q_t, k_t, v_t, q_i, k_i, v_i), {"txt_mask": mask},
-             "2 examples, 2 heads of width 4; 3 text tokens (the first example's last one is padding) and 5 image "
-             "tokens", nan_hint="a NaN comes from a row of scores that are all -inf: mask the padding KEYS (the "
-                                "columns of the scores), not the padding queries"),
-        Case((q_t, k_t, v_t, q_i, k_i, v_i), {}, "the same tokens without a mask (txt_mask=None: no padding)"),
+             "the same tokens, the first example's last text token padding",
+             nan_hint="a NaN comes from a row of scores that are all -inf: mask the padding KEYS (the columns of the "
+                      "scores), not the padding queries, and take the softmax over the keys (dim=-1)"),
     ]
 
     def variant(kind: str) -> Callable[..., tuple[Tensor, Tensor]]:
@@ -147,6 +148,8 @@ def check_joint_attention(learner: Callable[..., tuple[Tensor, Tensor]]) -> Call
                 return _attend(q_txt, k, v), _attend(q_img, k, v)
             if kind == "cross":  # lesson 09: the image reads the words only; the words read themselves
                 return _attend(q_txt, k_txt, v_txt, txt_mask), _attend(q_img, k_txt, v_txt, txt_mask)
+            if kind == "image cross":  # the text part right, the image part reads the words only
+                return _attend(q_txt, k, v, keys), _attend(q_img, k_txt, v_txt, txt_mask)
             if kind == "separate":  # two self-attentions: the streams never meet
                 return _attend(q_txt, k_txt, v_txt, txt_mask), _attend(q_img, k_img, v_img)
             if kind == "no scale":
@@ -171,6 +174,8 @@ def check_joint_attention(learner: Callable[..., tuple[Tensor, Tensor]]) -> Call
                 "the softmax), for the text's queries and the image's alike.", variant("no mask")),
         Mistake("the image reads only the words (lesson 09's cross-attention): in joint attention the keys and values "
                 "are ALL the tokens, text and image, for every query.", variant("cross")),
+        Mistake("the image part reads only the words (lesson 09's cross-attention): the image's queries must see the "
+                "image's keys and values too.", variant("image cross")),
         Mistake("the text attends to the text and the image to the image: two self-attentions, the streams never "
                 "meet. Concatenate the two streams' keys and values and let every query see them all.",
                 variant("separate")),
