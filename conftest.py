@@ -6,4 +6,3 @@ os.environ["DIFFEDU_PROFILE"] = "quick"
 os.environ["DIFFEDU_OFFLINE"] = "1"
 os.environ.pop("DIFFEDU_GRADING", None)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-

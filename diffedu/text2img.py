@@ -142,8 +142,9 @@ def mnist_latent_text(vocab: Sequence[str], *, vae: str = "mnist_vae", latent_ch
 def mnist_latent_mmdit_text(vocab: Sequence[str], *, vae: str = "mnist_vae", dim: int = 64, depth: int = 2,
                             max_length: int = 16, **mmdit_overrides: Any) -> Text2ImgConfig:
     """A joint text-image transformer for lesson 07's MNIST latents (4x8x8), lesson 11: `mnist_latent_mmdit`
-    (1x1 patches, so 64 image tokens, width 64, depth 4) reading the same text encoder as `mnist_latent_text`.
-    Keyword arguments override MMDiT fields. The shipped ``mnist_mmdit_text`` weights are this model, trained with
+    (1x1 patches, so 64 image tokens, width 64, depth 4) reading the same text encoder as `mnist_latent_text`
+    (``dim``, ``depth`` and ``max_length`` are the text encoder's, as there). Other keyword arguments override MMDiT
+    fields, e.g. ``hidden_size=96``. The shipped ``mnist_mmdit_text`` weights are this model, trained with
     flow matching as SD3 is."""
     from_mmdit = {"context_dim": dim, **mmdit_overrides}
     text = TextEncoderConfig(vocab_size=len(vocab) + 3, max_length=max_length, dim=dim, depth=depth,
