@@ -18,7 +18,9 @@ the digits; each names one attribute at an extreme level) are sampled with DDIM 
 - class_accuracy: the yardstick classifier reads the digit asked for;
 - attribute_accuracy: the attribute, measured by the same function that wrote the captions, falls at
   the level asked for (chance about 1/3);
-- the same two with prompts written in held-out phrasings (templates never seen in training).
+- the same two with prompts written in held-out phrasings (templates never seen in training);
+- with ``--clip mnist_clip`` (lesson 12): the CLIP score of each sample against its prompt, and how well that score
+  tells the samples that show the asked attribute from those that do not (clip_attribute_auc, 0.5: not at all).
 
 Every figure is appended to benchmarks/results/text2img.jsonl; a grid of samples goes to
 benchmarks/results/text2img_{name}_{space}_w{w}.png. Never fails on a number.
@@ -138,6 +140,22 @@ def train_model(minutes: float, out: Path, threads: int, limit: int | None, spac
     return result.ema.eval(), schedule, record_, captioner, vae
 
 
+def attribute_auc(scores: torch.Tensor, result: dict) -> float | None:
+    """P(score of a sample whose asked attribute was drawn > score of one whose was not), ties half: the area under
+    the ROC curve of the CLIP score as a detector of the measured attribute (0.5: it cannot tell them apart)."""
+    hit = torch.zeros(len(scores), dtype=torch.bool)
+    asked_any = torch.zeros(len(scores), dtype=torch.bool)
+    for name, asked in result["asked"].items():
+        sel = asked >= 0
+        asked_any |= sel
+        hit |= sel & (result["measured"][name] == asked)
+    good, bad = scores[asked_any & hit], scores[asked_any & ~hit]
+    if len(good) == 0 or len(bad) == 0:
+        return None
+    diff = good[:, None] - bad[None, :]
+    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-minutes", type=float, default=None, help="train for this long (default: load the weights)")
@@ -160,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip", default=None, metavar="NAME",
+                   help="also score every sample against its prompt with this shipped CLIP (lesson 12: mnist_clip): "
+                        "clip_score, and clip_attribute_auc, how well the score tells samples with the asked "
+                        "attribute from those without")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", default=os.environ.get("DIFFEDU_PROFILE", "cpu"))
     args = p.parse_args(argv)
@@ -185,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     from diffedu.models.classifier import load_classifier
 
     classifier = load_classifier("mnist")
+    clip = None
+    if args.clip is not None:
+        from diffedu.clip import load_clip
+
+        clip, _ = load_clip(args.clip, device="cpu")
     flow = schedule is None
     sampling = ({"sampler": "heun", "steps": args.flow_steps, "nfe": nfe("heun", args.flow_steps), "objective": "flow"}
                 if flow else {"sampler": "ddim", "steps": args.steps, "eta": args.eta, "nfe": args.steps,
@@ -212,6 +239,17 @@ def main(argv: list[str] | None = None) -> None:
                    device="cpu", settings=settings)
         record("text2img", "sample_seconds", seconds, f"s for {args.n} samples", profile=args.profile, device="cpu",
                settings=settings)
+        if clip is not None:
+            from diffedu.metrics import clip_score
+
+            scores = clip_score(clip, result["images"], result["prompts"], per_pair=True)
+            clip_settings = {**settings, "clip": args.clip}
+            record("text2img", f"clip_score{suffix}", float(scores.mean()), "score", profile=args.profile,
+                   device="cpu", settings=clip_settings)
+            auc = attribute_auc(scores, result)
+            if auc is not None:
+                record("text2img", f"clip_attribute_auc{suffix}", auc, "probability", profile=args.profile,
+                       device="cpu", settings=clip_settings)
         if templates == "train":
             import matplotlib
 

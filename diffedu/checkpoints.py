@@ -126,6 +126,9 @@ KINDS = {
     "diffedu-text2img-weights": ("a text-to-image weights file", "diffedu.text2img.load_text2img"),
     "diffedu-vae-weights": ("a VAE weights file", "diffedu.latent.load_vae"),
     "diffedu-vae-checkpoint": ("a VAE training checkpoint", "diffedu.models.vae.train_vae(..., checkpoint=path)"),
+    "diffedu-clip-weights": ("a CLIP weights file", "diffedu.clip.load_clip"),
+    "diffedu-clip-checkpoint": ("a CLIP training checkpoint", "torch.load(path, weights_only=True)['model'] into a "
+                                                               "diffedu.clip.MiniCLIP, or export it with export_clip"),
     "classifier": ("a classifier weights file", "diffedu.models.classifier.load_classifier(path=...)"),
     "diffedu-distill-checkpoint": ("a distillation checkpoint", "python -m diffedu.distill --out PATH (to continue "
                                                                  "it), or diffedu.distill.distill(..., out=PATH)"),

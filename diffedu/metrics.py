@@ -15,6 +15,10 @@ plugged in as a ``FeatureExtractor``; with Inception-v3 pool features this is th
   the kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets (mean, std).
 - the confident fraction: the share of samples the classifier puts in one class with p >= 0.9.
 
+For text-to-image: the CLIP score (Hessel et al. 2021; the scaling of torchmetrics and most text-to-image
+papers), the mean over pairs of 100 max(cos(u_image, v_prompt), 0), with a CLIP model's embeddings
+(`diffedu.clip`): how well each image matches its own prompt, as that model sees it.
+
 FID is biased upwards at small sample counts (the covariance of N samples is noisy, and the noise
 only adds to the distance), so every FID_self is reported beside its floor: real test images against
 the same real train reference, at the same N. The floor is itself an estimate from N images: it is the
@@ -48,6 +52,7 @@ __all__ = [
     "FeatureExtractor",
     "SmallSampleWarning",
     "class_histogram",
+    "clip_score",
     "clear_feature_cache",
     "confident_fraction",
     "energy_distance",
@@ -172,6 +177,30 @@ def class_histogram(probs: Any) -> list[int]:
     """How many rows of probs (N, K) fall in each predicted class (argmax): a list of K counts."""
     p = _check_probs(probs)
     return torch.bincount(p.argmax(1), minlength=p.shape[1]).tolist()
+
+
+@torch.no_grad()
+def clip_score(model: nn.Module, images: Tensor, prompts: Any, *, batch_size: int = 500,
+               per_pair: bool = False) -> float | Tensor:
+    """The CLIP score of images (N, C, H, W) in [-1, 1] against their prompts (N strings): mean of 100 max(cos, 0).
+
+    ``model`` is a CLIP with ``encode_image`` and ``embed_prompts`` (unit vectors), e.g. `diffedu.clip.load_clip`.
+    ``per_pair=True`` gives the N scores instead of their mean. The score is only comparable between images scored
+    by the same CLIP: it measures agreement as that model sees it.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if images.ndim != 4 or len(images) != len(prompts):
+        raise ValueError(f"clip_score pairs each image with its own prompt: got {len(prompts)} prompts for images "
+                         f"of shape {tuple(images.shape)}")
+    device = next(model.parameters()).device
+    scores = []
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            u = model.encode_image(images[i: i + batch_size].to(device))
+            v = model.embed_prompts(prompts[i: i + batch_size], warn=False)
+            scores.append((100 * (u * v).sum(dim=-1)).clamp_min(0).cpu())
+    out = torch.cat(scores) if scores else torch.zeros(0)
+    return out if per_pair else float(out.mean())
 
 
 @runtime_checkable
