@@ -199,12 +199,14 @@ def _device(module: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def similarity(model: MiniCLIP, images: Tensor, prompts: str | Sequence[str], *, batch_size: int = 1000) -> Tensor:
-    """Cosine similarity of every image with every prompt, (N, P) in [-1, 1] (eval mode; images in [-1, 1])."""
+def similarity(model: MiniCLIP, images: Tensor, prompts: str | Sequence[str], *, batch_size: int = 1000,
+               warn: bool = True) -> Tensor:
+    """Cosine similarity of every image with every prompt, (N, P) in [-1, 1] (eval mode; images in [-1, 1]).
+    Words the model does not know are named in a warning (``warn=False``: silently)."""
     device = _device(model)
     was_training = model.training
     model.eval()
-    text = model.embed_prompts(prompts, warn=False)
+    text = model.embed_prompts(prompts, warn=warn)
     rows = [model.encode_image(images[i: i + batch_size].to(device)) @ text.T
             for i in range(0, len(images), batch_size)]
     model.train(was_training)

@@ -56,7 +56,8 @@ def lessons_with_explorers() -> list[tuple[str, str]]:
     return found
 
 
-EXPLORERS = lessons_with_explorers()
+SKETCH_LESSON = "12_clip_editing.ipynb"  # its explorer has a test of its own, which also draws on its canvas
+EXPLORERS = [(lesson, explorer) for lesson, explorer in lessons_with_explorers() if lesson != SKETCH_LESSON]
 
 
 def test_lesson_01_has_the_forward_noising_explorer():
@@ -147,6 +148,43 @@ def test_explorer_redraws_when_its_slider_moves(lab, page, lesson, explorer):
     assert image_source(image) != before_src, (
         f"the explorer's image did not change after the slider moved from {before_value} to {after_value}")
     assert all(re.fullmatch(r"\[\d+\]:", p) for p in prompts(page))
+
+
+@pytest.mark.browser
+def test_drawing_on_the_canvas_remakes_the_sketch(lab, page):
+    """Lesson 12's SketchExplorer (left out of the test above, which would run the lesson a second time): its
+    strength slider redraws, and a stroke drawn with the mouse on the canvas reaches the kernel, so the SDEdit
+    results are remade from the new sketch."""
+    assert (ROOT / "lessons" / SKETCH_LESSON).is_file()
+    open_notebook(lab, page, f"lessons/{SKETCH_LESSON}")
+    run_all_cells(page, timeout=240)
+    cell = active_notebook(page).locator(".jp-CodeCell").filter(has_text="SketchExplorer(").first
+    widget = cell.locator(".jp-OutputArea-output .widget-vbox").first
+    widget.wait_for(timeout=30_000)
+    widget.scroll_into_view_if_needed()
+    canvas = widget.locator("canvas").first
+    canvas.wait_for(timeout=30_000)
+    image = widget.locator(".widget-output").first
+    ARTIFACTS.mkdir(exist_ok=True)
+    widget.screenshot(path=str(ARTIFACTS / "lesson12_explorer_before.png"))
+    before = image_source(image)
+    drag_slider(page, widget.locator(".widget-slider").first, 0.3)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and image_source(image) == before:
+        time.sleep(0.25)
+    assert image_source(image) != before, "moving the strength slider did not redraw the SDEdit results"
+    before = image_source(image)
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + 0.5 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.8 * box["width"], box["y"] + 0.55 * box["height"], steps=15)
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.9 * box["height"], steps=15)
+    page.mouse.up()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and image_source(image) == before:
+        time.sleep(0.25)
+    widget.screenshot(path=str(ARTIFACTS / "lesson12_drawing_after.png"))
+    assert image_source(image) != before, "drawing on the canvas did not redraw the SDEdit results"
 
 
 def test_jupyterlab_is_shut_down_when_a_step_fails(tmp_path):

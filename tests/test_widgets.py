@@ -128,3 +128,103 @@ def test_score_field_explorer_refuses_bad_input():
                           ({"data": torch.zeros(5, 3)}, r"shape \(N, 2\)")]:
         with pytest.raises(ValueError, match=match):
             ScoreFieldExplorer(model, schedule, **{"t": 10, **kwargs})
+
+
+def test_the_drawing_pad_inks_where_the_mouse_goes_and_tells_its_listeners():
+    from diffedu.course.widgets import DrawingPad
+
+    pad = DrawingPad(scale=4)
+    assert pad.canvas is not None  # ipycanvas is a dependency
+    assert torch.equal(pad.image, -torch.ones(1, 1, 28, 28))
+    strokes = []
+    pad.on_stroke(lambda: strokes.append(pad.image.clone()))
+    pad._down(10 * 4 + 2, 5 * 4 + 2)  # screen (x, y) -> pixel (row 5, column 10)
+    for x in (14, 19):  # a fast mouse: two events, the gap between them filled
+        pad._move(x * 4 + 2, 5 * 4 + 2)
+    assert not strokes  # nothing is told until the stroke ends
+    pad._up(19 * 4 + 2, 5 * 4 + 2)
+    assert len(strokes) == 1
+    drawn = strokes[0][0, 0]
+    assert drawn[5, 10:20].min() > 0.9 and drawn[20, :].max() == -1  # a line along row 5, nothing far from it
+    pad._move(2, 2)  # the mouse moving without a button held draws nothing
+    assert torch.equal(pad.image, strokes[0])
+    pad.clear()
+    assert len(strokes) == 2 and torch.equal(pad.image, -torch.ones(1, 1, 28, 28))
+
+
+def test_the_drawing_pad_without_a_canvas_holds_a_fixed_sketch():
+    from diffedu.course.widgets import DrawingPad, fixed_sketch
+
+    pad = DrawingPad(canvas=False)
+    assert pad.canvas is None and "fixed sketch" in pad.note.value
+    assert torch.allclose(pad.image, fixed_sketch(), atol=1e-6)
+    assert 40 < int((pad.image > 0).sum()) < 200  # a few strokes of ink, not an empty or a full image
+    pad.set_image(torch.zeros(28, 28))
+    assert torch.allclose(pad.image, torch.zeros(1, 1, 28, 28))
+
+
+def test_the_sketch_explorer_redraws_when_the_strength_or_the_drawing_changes():
+    from diffedu.course.widgets import DrawingPad, SketchExplorer
+
+    schedule = make_schedule("linear", T=100)
+    model = _gaussian_eps_model(schedule)
+    explorer = SketchExplorer(_Wrapped(model), schedule,
+                              pad=DrawingPad(canvas=False), n=3, steps=4)
+    first = explorer.last_image.copy()
+    assert explorer.last_images.shape == (3, 1, 28, 28)
+    assert explorer.digit.layout.display == "none"  # no classes: no digit menu
+    explorer.strength.value = 0.2
+    assert not np.allclose(first, explorer.last_image)
+    low = explorer.last_images.clone()
+    assert (low - explorer.pad.image).abs().mean() < (explorer.pad.image.abs().mean() + 1)  # close to the sketch
+    second = explorer.last_image.copy()
+    explorer.pad.set_image(-torch.ones(1, 1, 28, 28))
+    assert not np.allclose(second, explorer.last_image)
+
+
+class _Wrapped(torch.nn.Module):
+    """A plain function as a module (the explorer asks it for its device and config)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, t, cond=None):
+        return self.fn(x, t)
+
+
+def test_the_sketch_explorer_asks_a_class_conditional_model_for_the_chosen_digit():
+    from diffedu.course.widgets import SketchExplorer, fixed_sketch
+    from diffedu.models.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(image_size=28, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                            attention_resolutions=(), norm_groups=4, num_classes=10)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[2].clone()))
+    explorer = SketchExplorer(model, make_schedule("linear", T=50), n=2, steps=2)
+    assert torch.allclose(explorer.pad.image, fixed_sketch(), atol=1e-6)  # it starts from the sketch
+    assert explorer.digit.layout.display is None and seen[-1].tolist() == [10, 10]  # "any": the null label
+    explorer.digit.value = 3
+    assert seen[-1].tolist() == [3, 3, 10, 10]  # guidance: the digit and the null label in one batch
+
+
+def test_the_inpaint_explorer_fills_the_painted_region_and_keeps_the_rest():
+    from diffedu.course.widgets import InpaintExplorer
+
+    schedule = make_schedule("linear", T=50)
+    digit = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    explorer = InpaintExplorer(_Wrapped(_gaussian_eps_model(schedule)), schedule, digit, n=2, steps=3)
+    assert explorer.mask[0, 0, :14].eq(1).all() and explorer.mask[0, 0, 14:].eq(0).all()  # nothing painted: bottom
+    assert torch.equal(explorer.last_images * explorer.mask, digit.expand(2, -1, -1, -1) * explorer.mask)
+    first = explorer.last_image.copy()
+    pad = explorer.pad
+    pad._down(5 * pad.scale, 5 * pad.scale)
+    pad._move(8 * pad.scale, 5 * pad.scale)
+    pad._up(8 * pad.scale, 5 * pad.scale)
+    assert explorer.mask[0, 0, 5, 5:8].eq(0).all() and explorer.mask[0, 0, 20].eq(1).all()  # now the stroke is the hole
+    assert not np.allclose(first, explorer.last_image)
+    assert torch.equal(explorer.last_images * explorer.mask, digit.expand(2, -1, -1, -1) * explorer.mask)
+    explorer.resample.value = 2
+    assert explorer.last_images.shape == (2, 1, 28, 28)

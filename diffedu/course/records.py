@@ -31,6 +31,8 @@ LABELS = {
     "train_images_per_s": "images/s", "mfu": "MFU", "train_step_ms": "ms/step", "train_steps": "steps",
     "seconds_to_fid_self": "s to FID_self <=", "speedup_vs_diffusers": "ours / diffusers",
     "attribute_accuracy_thickness": "thickness", "attribute_accuracy_slant": "slant", "attribute_accuracy_size": "size",
+    "clip_score": "CLIP score", "clip_attribute_auc": "CLIP tells attribute (AUC)", "zero_shot_accuracy": "zero-shot",
+    "recall_at_1": "R@1", "recall_at_5": "R@5", "inpaint_accuracy": "read as original",
 }
 
 
@@ -110,10 +112,32 @@ VIEWS: dict[str, View] = {
                 "train_seconds"),
         rows=("templates", "guidance"),
         columns=("class_accuracy", "attribute_accuracy", "attribute_accuracy_thickness", "attribute_accuracy_slant",
-                 "attribute_accuracy_size"),
+                 "attribute_accuracy_size", "clip_score", "clip_attribute_auc"),
         defaults={"space": "pixel", "backbone": "unet", "objective": "eps", "sampler": "ddim"},
         metric_suffix="_heldout",
         command="python benchmarks/text2img.py"),
+    "clip": View(
+        tables=("device", "model", "train_steps", "train_seconds", "test_images"), rows=("task", "prompts"),
+        columns=("zero_shot_accuracy",), settings_columns=("chance",), command="python benchmarks/clip.py"),
+    "clip:retrieval": View(
+        tables=("device", "model", "pairs", "pool", "captions"), rows=("direction",),
+        columns=("recall_at_1", "recall_at_5"), command="python benchmarks/clip.py"),
+    "clip:score": View(
+        tables=("device", "model"), rows=("pairs",), columns=("clip_score",), command="python benchmarks/clip.py"),
+    "editing": View(
+        tables=("device", "sample_count", "mask"), rows=("method", "model", "conditioned", "resample"),
+        columns=("inpaint_accuracy", "fid_self", "fid_self_floor"), settings_columns=("nfe",),
+        command="python benchmarks/editing.py --parts inpaint"),
+    "editing:guidance": View(
+        tables=("device", "model", "sample_count", "prompts"), rows=("method", "clip_scale", "guidance"),
+        settings_columns=("steps", "nfe"), columns=("class_accuracy", "clip_score", "confident_fraction"),
+        command="python benchmarks/editing.py --parts clip_guidance"),
+    "editing:sdedit": View(
+        tables=("device", "model", "sample_count", "method", "target"), rows=("strength",),
+        columns=("sdedit_distance", "confident_fraction", "class_kept", "class_accuracy"),
+        labels={"sdedit_distance": "distance to input", "class_kept": "same digit",
+                "class_accuracy": "read as the target"},
+        command="python benchmarks/editing.py --parts sdedit invert_edit"),
 }
 
 

@@ -19,7 +19,13 @@ import torch
 from IPython.display import display
 from torch import Tensor, nn
 
+try:  # the drawing pad's canvas; without it the pad shows a fixed sketch
+    import ipycanvas
+except ImportError:  # pragma: no cover - ipycanvas is a dependency, but a canvas is a nicety, never a requirement
+    ipycanvas = None
+
 from diffedu.course.plotting import histogram_vs_normal, image_grid, show_images
+from diffedu.editing import inpaint, sdedit
 from diffedu.flow import euler_step, velocity
 from diffedu.forward import q_sample
 from diffedu.predictions import check_prediction, to_x0_and_eps
@@ -350,3 +356,265 @@ def prompt_explorer(model: Text2Img, schedule: Any, *, prompt: str = "a thick se
         control.observe(draw, names="value")
     box.draw = draw
     return box
+
+
+# --------------------------------------------------------------------------- drawing (lesson 12)
+
+
+def fixed_sketch(size: int = 28) -> Tensor:
+    """A rough hand-drawn 'seven' (1, 1, size, size) in [-1, 1]: what a drawing pad shows where no canvas can render."""
+    ink = np.zeros((size, size), dtype=np.float32)
+    s = size / 28
+
+    def stroke(r0: float, c0: float, r1: float, c1: float, width: float = 1.6) -> None:
+        rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+        p0, p1 = np.array([r0, c0]) * s, np.array([r1, c1]) * s
+        d = p1 - p0
+        t = np.clip(((rows - p0[0]) * d[0] + (cols - p0[1]) * d[1]) / (d @ d), 0, 1)
+        dist = np.hypot(rows - (p0[0] + t * d[0]), cols - (p0[1] + t * d[1]))
+        np.maximum(ink, np.clip(width * s - dist + 0.5, 0, 1), out=ink)
+
+    stroke(7, 8, 7, 20)       # the bar
+    stroke(7, 20, 22, 12)     # the diagonal
+    stroke(14, 12, 14, 19)    # a crossbar, as some write it
+    return torch.from_numpy(ink * 2 - 1)[None, None]
+
+
+class DrawingPad(widgets.VBox):
+    """A size x size drawing the learner makes with the mouse on an ipycanvas canvas (``scale`` screen pixels per
+    pixel), with a Clear button.
+
+    ``pad.image`` is the drawing as (1, 1, size, size) in [-1, 1] (ink 1, paper -1). ``pad.on_stroke(fn)`` calls
+    ``fn()`` after each stroke (mouse up) and after Clear. ``background`` (1, 1, size, size) in [-1, 1], when
+    given, is shown in grey under the strokes (to paint a mask over a digit). ``start`` is a drawing to begin with
+    (default: an empty pad). Where ipycanvas is missing, or with ``canvas=False``, the pad holds ``start`` or
+    ``fallback`` (default: `fixed_sketch`) and says so; ``pad.set_image(x)`` puts any
+    drawing in it (tests, nbval, a learner without a canvas).
+    """
+
+    def __init__(self, *, size: int = 28, scale: int = 8, brush: float = 1.3, canvas: bool = True,
+                 start: Tensor | None = None, fallback: Tensor | None = None, background: Tensor | None = None,
+                 ink_colour: str = "white") -> None:
+        self.size, self.scale, self.brush = size, scale, brush
+        self.ink = np.zeros((size, size), dtype=np.float32)
+        self.background = background
+        self.ink_colour = ink_colour
+        self._callbacks: list[Any] = []
+        self._drawing = False
+        self._last = (0.0, 0.0)
+        self.clear_button = widgets.Button(description="Clear", layout=widgets.Layout(width="80px"))
+        self.clear_button.on_click(lambda _: self.clear())
+        self.canvas = None
+        note = ""
+        if canvas:
+            if ipycanvas is None:
+                note = "ipycanvas is not installed (pip install ipycanvas): showing a fixed sketch instead"
+            else:
+                self.canvas = ipycanvas.Canvas(width=size * scale, height=size * scale,
+                                               layout=widgets.Layout(width=f"{size * scale}px",
+                                                                     height=f"{size * scale}px"))
+                self.canvas.on_mouse_down(self._down)
+                self.canvas.on_mouse_move(self._move)
+                self.canvas.on_mouse_up(self._up)
+        else:
+            note = "no canvas: showing a fixed sketch"
+        self.note = widgets.HTML(f"<span style='color:#777'>{html.escape(note)}</span>" if note else "")
+        if self.canvas is None and start is None:
+            start = fallback if fallback is not None else fixed_sketch(size)
+        if start is not None:
+            self.ink = ((start.reshape(size, size).float().numpy() + 1) / 2).clip(0, 1).astype(np.float32)
+        if self.canvas is None:
+            self.preview = widgets.Output()
+            body: widgets.Widget = self.preview
+        else:
+            body = self.canvas
+        super().__init__([body, widgets.HBox([self.clear_button, self.note])])
+        self._paint_all()
+
+    @property
+    def image(self) -> Tensor:
+        return torch.from_numpy(self.ink.copy() * 2 - 1)[None, None]
+
+    def on_stroke(self, callback: Any) -> None:
+        self._callbacks.append(callback)
+
+    def set_image(self, image: Tensor) -> None:
+        """Replace the drawing by ``image`` (1, 1, size, size) or (size, size) in [-1, 1]."""
+        arr = image.detach().float().reshape(self.size, self.size).cpu().numpy()
+        self.ink = ((arr + 1) / 2).clip(0, 1).astype(np.float32)
+        self._paint_all()
+        self._fire()
+
+    def clear(self) -> None:
+        self.ink[:] = 0
+        self._paint_all()
+        self._fire()
+
+    def _fire(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
+    def _dab(self, x: float, y: float) -> None:
+        """Ink a soft disc of radius ``brush`` pixels around the screen point (x, y)."""
+        r, c = y / self.scale - 0.5, x / self.scale - 0.5
+        rows, cols = np.mgrid[0:self.size, 0:self.size]
+        dist = np.hypot(rows - r, cols - c)
+        np.maximum(self.ink, np.clip(self.brush - dist + 0.5, 0, 1).astype(np.float32), out=self.ink)
+        if self.canvas is not None:
+            self.canvas.fill_style = self.ink_colour
+            self.canvas.fill_circle(x, y, self.brush * self.scale)
+
+    def _down(self, x: float, y: float) -> None:
+        self._drawing = True
+        self._last = (x, y)
+        self._dab(x, y)
+
+    def _move(self, x: float, y: float) -> None:
+        if not self._drawing:
+            return
+        (x0, y0), self._last = self._last, (x, y)
+        n = max(1, int(np.ceil(np.hypot(x - x0, y - y0) / (self.scale / 2))))  # a fast mouse skips: fill the gap
+        for k in range(1, n + 1):
+            self._dab(x0 + (x - x0) * k / n, y0 + (y - y0) * k / n)
+
+    def _up(self, x: float, y: float) -> None:
+        if self._drawing:
+            self._drawing = False
+            self._fire()
+
+    def _paint_all(self) -> None:
+        """Show the current drawing: on the canvas (background, then ink), or as a picture in the preview."""
+        shown = self.ink
+        if self.background is not None:
+            grey = ((self.background[0, 0].float().numpy() + 1) / 4).clip(0, 0.5)
+            shown = np.maximum(grey, self.ink)
+        if self.canvas is not None:
+            rgb = (np.repeat(np.kron(shown, np.ones((self.scale, self.scale)))[..., None], 3, axis=2) * 255)
+            self.canvas.put_image_data(rgb.astype(np.uint8), 0, 0)
+            return
+        with self.preview:
+            self.preview.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(1.6, 1.6))
+            ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_axis_off()
+            display(fig)
+            plt.close(fig)
+
+
+class _PadEditor(widgets.VBox):
+    """What the two editing explorers share: a knob (their first slider), a digit menu for a class-conditional model,
+    a `DrawingPad` beside the picture, and a redraw on every change of either or after every stroke."""
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, pad: DrawingPad, knob: widgets.Widget, *, n: int,
+                 steps: int, guidance: float, seed: int, digit: int | None) -> None:
+        self.model, self.schedule, self.pad, self.knob = model, schedule, pad, knob
+        self.n, self.steps, self.guidance, self.seed = n, steps, guidance, seed
+        self.classes = getattr(getattr(model, "config", None), "num_classes", None)
+        self.digit = widgets.Dropdown(options=[("any", -1)] + [(str(k), k) for k in range(self.classes or 0)],
+                                      value=-1 if digit is None or not self.classes else int(digit),
+                                      description="digit", layout=widgets.Layout(width="160px"))
+        self.digit.layout.display = None if self.classes else "none"
+        self.output = widgets.Output()
+        self.status = BusySign()
+        self.last_image: np.ndarray | None = None
+        self.last_images: Tensor | None = None
+        knob.observe(self._redraw, names="value")
+        self.digit.observe(self._redraw, names="value")
+        pad.on_stroke(self._redraw)
+        super().__init__([widgets.HBox([knob, self.digit, self.status]), widgets.HBox([pad, self.output])])
+        self._redraw()
+
+    def _redraw(self, change: Any = None) -> None:
+        with self.status.drawing(f"{self.knob.description} {self.knob.value:g}"):
+            self.draw()
+
+    def draw(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def asked(self) -> int | None:
+        """The digit chosen in the menu, None for "any"."""
+        return None if self.digit.value < 0 else int(self.digit.value)
+
+    def condition(self) -> dict[str, Any]:
+        """The sampler's condition: none for an unconditional model; the null label for "any"; else the digit with
+        classifier-free guidance."""
+        if not self.classes:
+            return {}
+        if self.asked is None:
+            return {"cond": torch.full((self.n,), self.classes)}
+        return {"cond": torch.full((self.n,), self.asked), "guidance": self.guidance,
+                "uncond": torch.tensor(self.classes)}
+
+    def show(self, first: Tensor, images: Tensor, title: str) -> None:
+        """``first`` (the input) and the results in one row, titled; kept in ``last_image`` / ``last_images``."""
+        self.last_images = images
+        self.last_image = image_grid(torch.cat([first, images]), self.n + 1)
+        with self.output:
+            self.output.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(0.9 * (self.n + 1) + 0.4, 1.5))
+            ax.imshow(self.last_image, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(title + (f", asking for a {self.asked}" if self.asked is not None else ""), fontsize=9)
+            fig.tight_layout()
+            display(fig)
+            plt.close(fig)
+
+
+class SketchExplorer(_PadEditor):
+    """SDEdit from a drawing: a strength slider, a digit to ask for (or none), and a `DrawingPad`; it noises the
+    sketch to the chosen strength and denoises it (`diffedu.editing.sdedit`) into ``n`` digits.
+
+    The pad starts with `fixed_sketch` (Clear it and draw your own). Low strength keeps the sketch and its flaws;
+    high strength keeps little of it. A class-conditional model (``num_classes`` in its config) gets a digit menu
+    (``digit``: the one chosen at first; "any" by default), with guidance ``guidance`` when a digit is chosen.
+    ``.draw()`` redraws now and returns the images; ``last_image`` is the last grid drawn.
+    """
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, *, pad: DrawingPad | None = None,
+                 strength: float = 0.6, n: int = 6, steps: int = 25, guidance: float = 3.0, seed: int = 0,
+                 digit: int | None = None) -> None:
+        self.strength = widgets.FloatSlider(value=strength, min=0.1, max=1.0, step=0.05, description="strength",
+                                            continuous_update=False, readout_format=".2f")
+        super().__init__(model, schedule, pad if pad is not None else DrawingPad(start=fixed_sketch()), self.strength,
+                         n=n, steps=steps, guidance=guidance, seed=seed, digit=digit)
+
+    def draw(self) -> Tensor:
+        sketch = self.pad.image.to(model_device(self.model))
+        images = sdedit(self.model, self.schedule, sketch.expand(self.n, -1, -1, -1), float(self.strength.value),
+                        steps=self.steps, generator=torch.Generator().manual_seed(self.seed), progress=False,
+                        **self.condition()).clamp(-1, 1).cpu()
+        self.show(self.pad.image, images, f"the sketch, then SDEdit at strength {self.strength.value:.2f}")
+        return images
+
+
+class InpaintExplorer(_PadEditor):
+    """Inpainting with a mask you paint: a `DrawingPad` over ``image`` (1, 1, 28, 28), where the strokes mark the
+    pixels to fill; a slider over RePaint's resamplings, and (for a class-conditional model) the digit to ask for.
+
+    Until something is painted the bottom half is the hole. Every stroke, and every change of a control, fills the
+    hole again (`diffedu.editing.inpaint`, DDIM with eta = 1) for ``n`` seeds. ``.draw()`` redraws now and returns
+    the images; ``mask`` is the mask used last (1 known, 0 filled).
+    """
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, image: Tensor, *, n: int = 6, steps: int = 25,
+                 guidance: float = 3.0, seed: int = 0, canvas: bool = True, digit: int | None = None) -> None:
+        self.image = image[:1].float().cpu()
+        self.mask: Tensor | None = None
+        self.resample = widgets.IntSlider(value=1, min=1, max=5, description="resample", continuous_update=False)
+        pad = DrawingPad(background=self.image, ink_colour="#d62728", canvas=canvas, start=-torch.ones(1, 1, 28, 28))
+        super().__init__(model, schedule, pad, self.resample, n=n, steps=steps, guidance=guidance, seed=seed,
+                         digit=digit)
+
+    def draw(self) -> Tensor:
+        painted = self.pad.image[0, 0] > 0
+        if not bool(painted.any()):  # nothing painted yet: the bottom half is the hole
+            painted = torch.zeros(28, 28, dtype=torch.bool)
+            painted[14:] = True
+        self.mask = (~painted).float()[None, None]
+        images = inpaint(self.model, self.schedule, self.image.expand(self.n, -1, -1, -1), self.mask, steps=self.steps,
+                         resample=int(self.resample.value), generator=torch.Generator().manual_seed(self.seed),
+                         progress=False, **self.condition()).clamp(-1, 1).cpu()
+        self.show(self.image * self.mask, images,
+                  f"the hole (grey), then filled in, {self.resample.value} resampling(s)")
+        return images
