@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     models = {name: load_pretrained(name, device="cpu") for name in ("mnist_cond", "mnist_ddpm")}
     classifier = load_classifier("mnist").eval()
     test = load_dataset("mnist", "test")
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[: args.n]
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed))[: max(args.n, args.n_other)]
     x_all, y_all = test.x[order], test.y[order]
     base = {"seed": args.seed, "threads": args.threads}
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         return torch.Generator().manual_seed(seed)
 
     if "inpaint" in args.parts or "baselines" in args.parts:
-        x, y, n = x_all, y_all, args.n
+        x, y, n = x_all[: args.n], y_all[: args.n], args.n
         runs = [("mnist_cond", True, 1), ("mnist_cond", False, 1), *(("mnist_ddpm", False, r) for r in args.resample)]
         runs = runs if "inpaint" in args.parts else []
         for which in args.masks:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                 settings = {"mask": which, "conditioned": conditioned, "method": "inpaint", "sampler": "ddim",
                             "eta": 1.0, "steps": args.steps, "resample": resample,
                             "guidance": args.guidance if conditioned else None,
-                            "nfe": args.steps * resample * (2 if conditioned else 1)}
+                            "nfe": ((args.steps - 1) * resample + 1) * (2 if conditioned else 1)}
                 put("inpaint_accuracy", float((predicted == y).float().mean()), model=name, n=n, **settings)
                 put("fid_self", evaluate_samples(done, "mnist")["fid_self"], "dimensionless", model=name, n=n,
                     **settings)

@@ -165,6 +165,9 @@ class MiniCLIP(nn.Module):
     def image_features(self, images: Tensor) -> Tensor:
         """The image encoder's output before normalisation, (B, E)."""
         self._check_images(images)
+        if images.dtype == torch.uint8:
+            raise ValueError("this CLIP reads images as floats in [-1, 1], got uint8 pixels; convert them with "
+                             "diffedu.data.uint8_to_float(images)")
         return self.image_encoder(images.float())
 
     def text_features(self, tokens: Tensor) -> Tensor:
@@ -259,6 +262,11 @@ def retrieval_recall(image_emb: Tensor, text_emb: Tensor, keys: Sequence[Any], *
     The N pairs are cut into consecutive pools (the last partial one dropped); image i is a query over the pool's
     captions, caption i over its images. Returns {"image_to_text@k", "text_to_image@k", "recall@k" (their mean)}.
     """
+    if not len(image_emb) == len(text_emb) == len(keys):
+        raise ValueError(f"retrieval pairs image i with caption i and key i: got {len(image_emb)} images, "
+                         f"{len(text_emb)} captions and {len(keys)} keys")
+    if pool < 1:
+        raise ValueError(f"pool must be a positive number of pairs, got {pool}")
     n = (len(image_emb) // pool) * pool
     if n == 0:
         raise ValueError(f"retrieval needs at least one pool of {pool} pairs, got {len(image_emb)}")
@@ -301,12 +309,14 @@ def clip_guided_sample(model: Callable[..., Tensor], schedule: NoiseSchedule, cl
     ``cond`` goes to the model as is (e.g. the null label of a class-conditional model, to use it unconditionally).
     """
     prompts = check_prompts(prompts)
+    if not prompts:
+        raise ValueError("clip_guided_sample needs at least one prompt (one image is drawn per prompt)")
     prediction, clip_x0 = resolve(model, schedule, None, None, "clip_guided_sample")
-    device = model_device(model)
+    device, clip_device = model_device(model), _device(clip)
     clip_was_training = clip.training
     clip.eval()
     with torch.no_grad():
-        text = clip.embed_prompts(prompts, warn=False).to(device)  # (B, E)
+        text = clip.embed_prompts(prompts, warn=False)  # (B, E), on the CLIP's device
     c = clip.config
     shape = (len(prompts), c.image_channels, c.image_size, c.image_size)
     timesteps = ddim_timesteps(schedule.T, steps)
@@ -318,10 +328,10 @@ def clip_guided_sample(model: Callable[..., Tensor], schedule: NoiseSchedule, cl
                 pred_x0, eps = predict(model, x, t, schedule, cond=cond, prediction=prediction, clip_x0=clip_x0)
             if scale:
                 with torch.enable_grad():
-                    x0 = pred_x0.detach().requires_grad_(True)
+                    x0 = pred_x0.detach().to(clip_device).requires_grad_(True)
                     agreement = (clip.encode_image(x0) * text).sum()
                     (grad,) = torch.autograd.grad(agreement, x0)
-                pred_x0 = pred_x0 + scale * grad
+                pred_x0 = pred_x0 + scale * grad.to(device)
                 pred_x0 = pred_x0.clamp(-1, 1) if clip_x0 else pred_x0
                 abar = schedule.alphas_cumprod[t].item()
                 eps = (x - abar**0.5 * pred_x0) / (1 - abar) ** 0.5
@@ -403,6 +413,9 @@ def train_clip(model: MiniCLIP, images: Tensor, tokens: Tensor, config: CLIPTrai
     if images.ndim != 4 or tokens.ndim != 3 or len(images) != len(tokens):
         raise ValueError(f"train_clip takes images (N, C, S, S) and tokens (N, K, L) with the same N; got "
                          f"{tuple(images.shape)} and {tuple(tokens.shape)} (one caption each: tokens[:, None])")
+    if images.dtype == torch.uint8:
+        raise ValueError("train_clip takes images as floats in [-1, 1], got uint8 pixels; convert them with "
+                         "diffedu.data.uint8_to_float(images)")
     if len(images) < config.batch_size:
         raise ValueError(f"{len(images)} pairs are fewer than batch_size={config.batch_size}; lower the batch size")
     device = _device(model)

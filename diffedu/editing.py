@@ -8,7 +8,7 @@ only where it starts or what it keeps:
   (the "replacement" method, already in Sohl-Dickstein et al. 2015 and Song et al. 2021). RePaint (Lugmayr et al.
   2022) adds **resampling**: after each step, noise the result back one step and denoise it again, ``resample``
   times, so the filled region has more steps to harmonise with the known one.
-- **SDEdit** (Meng et al. 2022; `sdedit`): noise an image (or a rough sketch) to level t0 = strength x T and
+- **SDEdit** (Meng et al. 2022; `sdedit`): noise an image (or a rough sketch) to level t0 = round(strength x T) - 1 and
   denoise it from there. Low strength keeps the input's layout and changes little; high strength keeps little of
   it and gives a realistic image.
 - **inversion edit** (`invert_edit`): DDIM-invert an image under its own condition to the noise level t0, then run
@@ -98,10 +98,10 @@ def inpaint(model: Callable[..., Tensor], schedule: NoiseSchedule, image: Tensor
         (resample > 1: noise x_prev back to level t, x = sqrt(abar_t / abar_prev) x_prev + sqrt(1 - abar_t /
          abar_prev) z, and repeat the step; RePaint's resampling with jumps of one step)
 
-    The result keeps the known pixels exactly. Model calls: ``steps * resample`` (each doubled in one batch with
-    guidance). The callback gets {"i", "t", "x", "pred_x0"} after each step. Random draws, in order: x_T; then in
-    each pass of each step (while t_prev >= 0) the step's noise (when eta > 0), the known pixels' noise, and, before
-    a resampling pass, the noise that backs up one step.
+    The result keeps the known pixels exactly. Model calls: ``(steps - 1) * resample + 1`` (each doubled in one batch
+    with guidance): the last step, to x_0, is not resampled. The callback gets {"i", "t", "x", "pred_x0"} after each
+    step. Random draws, in order: x_T; then in each pass of each step (while t_prev >= 0) the step's noise (when
+    eta > 0), the known pixels' noise, and, before a resampling pass, the noise that backs up one step.
     """
     if resample < 1:
         raise ValueError(f"resample must be >= 1 (1: no resampling), got {resample}")
@@ -114,7 +114,7 @@ def inpaint(model: Callable[..., Tensor], schedule: NoiseSchedule, image: Tensor
     with eval_mode(model):
         for i, t in enumerate(progress_bar(timesteps, progress, "inpaint")):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            for u in range(resample):
+            for u in range(resample if t_prev >= 0 else 1):  # the last step (to x_0) has nothing to resample
                 pred_x0, eps = predict(model, x, t, schedule, cond=cond, guidance=guidance, uncond=uncond,
                                        prediction=prediction, clip_x0=clip_x0)
                 noise = randn(tuple(x.shape), generator, device) if eta > 0 and t_prev >= 0 else None
@@ -140,9 +140,9 @@ def start_step(schedule: NoiseSchedule, strength: float) -> int:
 
 def _denoise_from(model: Callable[..., Tensor], schedule: NoiseSchedule, x: Tensor, timesteps: list[int], *, eta: float,
                   cond: Tensor | None, guidance: float | None, uncond: Tensor | None, generator: torch.Generator | None,
-                  callback: Callback | None, progress: bool, desc: str) -> Tensor:
+                  callback: Callback | None, progress: bool, desc: str, clip_x0: bool | None = None) -> Tensor:
     """DDIM steps along ``timesteps`` (descending, starting at x's level) down to x_0."""
-    prediction, clip_x0 = resolve(model, schedule, None, None, desc)
+    prediction, clip_x0 = resolve(model, schedule, None, clip_x0, desc)
     device = x.device
     with eval_mode(model):
         for i, t in enumerate(progress_bar(timesteps, progress, desc)):
@@ -158,6 +158,8 @@ def _denoise_from(model: Callable[..., Tensor], schedule: NoiseSchedule, x: Tens
 
 def _levels_below(schedule: NoiseSchedule, steps: int, t0: int) -> list[int]:
     """``steps`` evenly spaced DDIM levels from t0 down to 0 (fewer when t0 is small)."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (model calls on the way down), got {steps!r}")
     n = max(1, min(steps, t0 + 1))
     levels = torch.linspace(t0, 0, n).round().long().tolist()
     return sorted(set(levels), reverse=True)
@@ -182,13 +184,14 @@ def sdedit(model: Callable[..., Tensor], schedule: NoiseSchedule, image: Tensor,
 @torch.no_grad()
 def invert_edit(model: Callable[..., Tensor], schedule: NoiseSchedule, image: Tensor, source: Tensor, target: Tensor,
                 *, strength: float = 0.6, steps: int = 50, guidance: float | None = None,
-                uncond: Tensor | None = None, progress: bool = True) -> Tensor:
+                uncond: Tensor | None = None, clip_x0: bool | None = None, progress: bool = True) -> Tensor:
     """Invert ``image`` with deterministic DDIM under its own condition ``source`` up to level t0 =
     `start_step`(strength), then run DDIM (eta = 0) back down under ``target``: the same noise, another condition.
 
-    With strength 1 the inversion goes all the way to x_T (lesson 05's `ddim_invert` round trip, with the condition
-    swapped on the way down); lower strengths keep more of the original's shape. Guidance applies on the way down
-    only."""
+    With strength 1 the inversion goes all the way to x_T; with ``target = source``, no guidance and
+    ``clip_x0=False`` this is lesson 05's `ddim_invert` round trip. Lower strengths keep more of the original's shape.
+    Guidance applies on the way down only; there, as in the samplers, an image model's predicted x0 is clamped to
+    [-1, 1] unless ``clip_x0=False`` (the inversion never clamps)."""
     device = model_device(model)
     t0 = start_step(schedule, strength)
     image = image.to(device).float()
@@ -205,5 +208,5 @@ def invert_edit(model: Callable[..., Tensor], schedule: NoiseSchedule, image: Te
             abar_t = schedule.alphas_cumprod[t].item()
             x = abar_t**0.5 * pred_x0 + (1 - abar_t) ** 0.5 * eps
     return _denoise_from(model, schedule, x, levels, eta=0.0, cond=target, guidance=guidance, uncond=uncond,
-                         generator=None, callback=None, progress=progress, desc="DDIM edit")
+                         generator=None, callback=None, progress=progress, desc="DDIM edit", clip_x0=clip_x0)
 

@@ -397,7 +397,7 @@ class DrawingPad(widgets.VBox):
                  ink_colour: str = "white") -> None:
         self.size, self.scale, self.brush = size, scale, brush
         self.ink = np.zeros((size, size), dtype=np.float32)
-        self.background = background
+        self.background = background.detach().float().cpu() if background is not None else None
         self.ink_colour = ink_colour
         self._callbacks: list[Any] = []
         self._drawing = False
@@ -406,9 +406,10 @@ class DrawingPad(widgets.VBox):
         self.clear_button.on_click(lambda _: self.clear())
         self.canvas = None
         note = ""
+        shown = "the starting drawing" if start is not None else "a fixed sketch"
         if canvas:
             if ipycanvas is None:
-                note = "ipycanvas is not installed (pip install ipycanvas): showing a fixed sketch instead"
+                note = f"ipycanvas is not installed (pip install ipycanvas): showing {shown} instead"
             else:
                 self.canvas = ipycanvas.Canvas(width=size * scale, height=size * scale,
                                                layout=widgets.Layout(width=f"{size * scale}px",
@@ -417,12 +418,13 @@ class DrawingPad(widgets.VBox):
                 self.canvas.on_mouse_move(self._move)
                 self.canvas.on_mouse_up(self._up)
         else:
-            note = "no canvas: showing a fixed sketch"
+            note = f"no canvas: showing {shown}"
         self.note = widgets.HTML(f"<span style='color:#777'>{html.escape(note)}</span>" if note else "")
         if self.canvas is None and start is None:
             start = fallback if fallback is not None else fixed_sketch(size)
         if start is not None:
-            self.ink = ((start.reshape(size, size).float().numpy() + 1) / 2).clip(0, 1).astype(np.float32)
+            drawing = start.detach().reshape(size, size).float().cpu().numpy()
+            self.ink = ((drawing + 1) / 2).clip(0, 1).astype(np.float32)
         if self.canvas is None:
             self.preview = widgets.Output()
             body: widgets.Widget = self.preview
@@ -541,10 +543,11 @@ class _PadEditor(widgets.VBox):
         classifier-free guidance."""
         if not self.classes:
             return {}
+        device = model_device(self.model)
         if self.asked is None:
-            return {"cond": torch.full((self.n,), self.classes)}
-        return {"cond": torch.full((self.n,), self.asked), "guidance": self.guidance,
-                "uncond": torch.tensor(self.classes)}
+            return {"cond": torch.full((self.n,), self.classes, device=device)}
+        return {"cond": torch.full((self.n,), self.asked, device=device), "guidance": self.guidance,
+                "uncond": torch.tensor(self.classes, device=device)}
 
     def show(self, first: Tensor, images: Tensor, title: str) -> None:
         """``first`` (the input) and the results in one row, titled; kept in ``last_image`` / ``last_images``."""
