@@ -197,16 +197,12 @@ class MiniCLIP(nn.Module):
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * u @ v.T
 
 
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 @torch.no_grad()
 def similarity(model: MiniCLIP, images: Tensor, prompts: str | Sequence[str], *, batch_size: int = 1000,
                warn: bool = True) -> Tensor:
     """Cosine similarity of every image with every prompt, (N, P) in [-1, 1] (eval mode; images in [-1, 1]).
     Words the model does not know are named in a warning (``warn=False``: silently)."""
-    device = _device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     text = model.embed_prompts(prompts, warn=warn)
@@ -312,7 +308,7 @@ def clip_guided_sample(model: Callable[..., Tensor], schedule: NoiseSchedule, cl
     if not prompts:
         raise ValueError("clip_guided_sample needs at least one prompt (one image is drawn per prompt)")
     prediction, clip_x0 = resolve(model, schedule, None, None, "clip_guided_sample")
-    device, clip_device = model_device(model), _device(clip)
+    device, clip_device = model_device(model), model_device(clip)
     clip_was_training = clip.training
     clip.eval()
     with torch.no_grad():
@@ -418,7 +414,7 @@ def train_clip(model: MiniCLIP, images: Tensor, tokens: Tensor, config: CLIPTrai
                          "diffedu.data.uint8_to_float(images)")
     if len(images) < config.batch_size:
         raise ValueError(f"{len(images)} pairs are fewer than batch_size={config.batch_size}; lower the batch size")
-    device = _device(model)
+    device = model_device(model)
     generator = torch.Generator().manual_seed(config.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
