@@ -7,6 +7,9 @@ Ho et al. 2020, eq. 4: because a sum of Gaussians is Gaussian,
 so a noisy image at any step is one line, with eps ~ N(0, I):
 
     x_t = sqrt(alpha-bar_t) x_0 + sqrt(1 - alpha-bar_t) eps
+
+`forward_chain` runs the Markov chain itself, one step and one fresh noise at a time (lesson 01 checks the
+closed form against it).
 """
 
 from __future__ import annotations
@@ -37,6 +40,27 @@ def q_sample(x0: Tensor, t: Tensor, eps: Tensor, schedule: NoiseSchedule) -> Ten
     check_noise(eps, x0)
     abar = broadcast_to(schedule.alphas_cumprod, t, x0)  # (B, 1, ..., 1)
     return abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps
+
+
+def forward_chain(x0: Tensor, schedule: NoiseSchedule, keep: list[int] | tuple[int, ...]) -> Tensor:
+    """Run q(x_t | x_{t-1}) step by step from x0; the states after the steps in `keep`, stacked in keep's order.
+
+    x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps_t, with fresh noise eps_t = torch.randn_like(x) at every
+    step (torch's global generator). Steps count from 0 as in `q_sample`: the state after applying betas[t] is
+    distributed as q_sample(x0, t, ...). Returns (len(keep), *x0.shape).
+    """
+    check_data(x0, "x0")
+    keep = [int(k) for k in keep]
+    if not keep or min(keep) < 0 or max(keep) >= schedule.T:
+        raise ValueError(f"keep must name at least one step, each in 0..{schedule.T - 1} (T = {schedule.T}); "
+                         f"got {keep}")
+    betas = schedule.betas.to(device=x0.device, dtype=x0.dtype)
+    x, kept = x0, {}
+    for t in range(max(keep) + 1):
+        x = (1 - betas[t]).sqrt() * x + betas[t].sqrt() * torch.randn_like(x)
+        if t in keep:
+            kept[t] = x
+    return torch.stack([kept[t] for t in keep])
 
 
 def broadcast_to(values: Tensor, t: Tensor, x: Tensor) -> Tensor:

@@ -57,14 +57,14 @@ from diffedu.forward import UNIT_IMAGES, DataRangeWarning, check_finite, looks_l
 from diffedu.losses import ddpm_loss
 from diffedu.predictions import Prediction, check_prediction
 from diffedu.provenance import Provenance, attach, same_schedule
-from diffedu.schedules import NoiseSchedule
+from diffedu.schedules import NoiseSchedule, linear_beta_schedule
 
 # The EMA and the checkpoint functions live in diffedu.ema and diffedu.checkpoints; they are named here too
 # because the training loop is where a reader meets them (and older notebooks import them from here).
 __all__ = [
     "EMA", "CheckpointError", "TrainConfig", "TrainResult", "TrainingDiverged", "atomic_save", "draw_batch",
     "drop_labels", "ema_update", "learning_rate", "load_checkpoint", "make_ema", "save_checkpoint",
-    "scale_learning_rate", "train", "train_step",
+    "scale_learning_rate", "train", "train_step", "training_batch",
 ]
 
 OBJECTIVES = ("diffusion", "flow")
@@ -291,6 +291,22 @@ def draw_batch(
         x0 = x0.contiguous(memory_format=torch.channels_last)
         eps = eps.contiguous(memory_format=torch.channels_last)
     return x0, cond, t, eps
+
+
+
+def training_batch(images: Tensor, batch_size: int, T: int, generator: torch.Generator,  # noqa: N803
+                   flip: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """One step's (x0, t, eps) from images (N, C, H, W), drawn exactly as `train` draws them (lesson 06's exercise).
+
+    From ``generator``, on its device, in this order: idx ~ U{0..N-1}^B (with replacement), flips ~
+    Bernoulli(1/2)^B (only if ``flip``), t ~ U{0..T-1}^B, eps ~ N(0, I); x0 is images[idx], mirrored left-right
+    where flipped, in [-1, 1]. The same seed gives the same batch: what lets a resumed run, or several
+    processes, replay the steps of one uninterrupted run.
+    """
+    data = DeviceImages(images, device=generator.device)
+    # draw_batch reads only the number of steps T from the schedule
+    x0, _, t, eps = draw_batch(data, batch_size, linear_beta_schedule(T), generator, flip=flip)
+    return x0, t, eps
 
 
 def train(

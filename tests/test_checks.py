@@ -271,6 +271,51 @@ def test_cosine_schedule_right_wrong_and_skipped(capsys):
     assert capsys.readouterr().out.count("skipped this exercise") == 2
 
 
+def _chain(*, fresh=True, noise_sqrt=True, record="after", order=list, signal=None, noise=None):
+    """A learner's forward_chain, right by default, with one mistake switched on."""
+    def run(x0, schedule, keep):
+        x, kept, eps = x0, {}, torch.randn_like(x0)
+        for t in range(max(keep) + 1):
+            eps = torch.randn_like(x) if fresh and t else eps
+            beta = schedule.betas[t]
+            keep_x = (1 - beta).sqrt() if signal is None else signal(schedule, t)
+            add = (beta.sqrt() if noise_sqrt else beta) if noise is None else noise(schedule, t)
+            new = keep_x * x + add * eps
+            kept[t], x = (x if record == "before" else new), new
+        return torch.stack([kept[t] for t in order(keep)])
+    return run
+
+
+def test_forward_chain_right_wrong_and_skipped(capsys):
+    from diffedu.forward import forward_chain, q_sample
+    from diffedu.schedules import linear_beta_schedule
+
+    assert checks.check_forward_chain(_chain()) is not None
+    for wrong, named in [(_chain(fresh=False), "one noise for every step"),
+                         (_chain(noise_sqrt=False), "noise term lacks its square root"),
+                         (_chain(signal=lambda s, t: s.alphas_cumprod[t].sqrt(),
+                                 noise=lambda s, t: (1 - s.alphas_cumprod[t]).sqrt()), "alpha-bar_t, the signal left"),
+                         (_chain(record="before"), "off by one step"),
+                         (_chain(order=sorted), "keep's own order"),
+                         (lambda x0, s, keep: torch.stack([q_sample(x0, torch.full((len(x0),), t),
+                                                                    torch.randn_like(x0), s) for t in keep]),
+                          "closed form")]:
+        with pytest.raises(checks.ExerciseError, match=named):
+            checks.check_forward_chain(wrong)
+    capsys.readouterr()
+    assert checks.check_forward_chain(skipped) is forward_chain
+    assert "skipped this exercise" in capsys.readouterr().out
+    # the library's chain lands where the closed form says, in distribution: mean sqrt(abar) x0, variance 1 - abar
+    schedule = linear_beta_schedule(1000)
+    torch.manual_seed(0)
+    x_t = forward_chain(torch.full((20_000, 1), 0.7), schedule, [999, 300])
+    for got, t in zip(x_t, (999, 300)):
+        abar = schedule.alphas_cumprod[t].item()
+        assert abs(got.mean().item() - 0.7 * abar ** 0.5) < 0.03 and abs(got.var().item() - (1 - abar)) < 0.03
+    with pytest.raises(ValueError, match="keep must name"):
+        forward_chain(torch.zeros(2, 1), schedule, [1000])
+
+
 def _invert_loop(*, eps_at="current", first="data", reverse=True):
     from diffedu.samplers import ddim_timesteps, predict
 

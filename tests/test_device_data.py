@@ -9,7 +9,7 @@ from diffedu.data import ImageData, uint8_to_float
 from diffedu.device_data import DeviceImages, draw_flips, draw_indices, image_batch, rank_slice
 from diffedu.models.unet import UNet, UNetConfig
 from diffedu.schedules import make_schedule
-from diffedu.train import TrainConfig, draw_batch, train
+from diffedu.train import TrainConfig, draw_batch, train, training_batch
 
 PIXELS = torch.randint(0, 256, (30, 3, 4, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
@@ -98,29 +98,54 @@ def test_train_takes_uint8_pixels_like_their_floats_and_flips_on_request():
         train(tiny_unet(), DeviceImages(pixels), s, TrainConfig(**cfg), labels=torch.zeros(32), **kw)
 
 
-def test_the_lesson_check_of_image_batch_names_the_common_mistakes():
+def lesson_training_batch(images, batch_size, T, generator, flip=False, *, order="ite", t_low=0, noise=None,  # noqa: N803
+                          flips_always=False, unit=False, upside_down=False):
+    """A learner's training_batch, right by default, with one mistake switched on."""
+    drawn = {"f": None}
+    for what in order:
+        if what == "i":
+            drawn["i"] = torch.randint(0, len(images), (batch_size,), generator=generator, device=generator.device)
+            if flip or flips_always:
+                drawn["f"] = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
+        elif what == "t":
+            drawn["t"] = torch.randint(t_low, T + t_low, (batch_size,), generator=generator, device=generator.device)
+        else:
+            shape = (batch_size, *images.shape[1:])
+            drawn["e"] = noise(shape) if noise else torch.randn(shape, generator=generator, device=generator.device)
+    x = images[drawn["i"]]
+    if flip:
+        x = torch.where(drawn["f"][:, None, None, None], x.flip(-2 if upside_down else -1), x)
+    return (x.float() / 255 if unit else x.float() / 127.5 - 1), drawn["t"], drawn["e"]
+
+
+def test_training_batch_is_the_batch_train_draws():
+    pixels = torch.randint(0, 256, (20, 1, 4, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for flip in (False, True):
+        x0, t, eps = training_batch(pixels, 8, 50, torch.Generator().manual_seed(3), flip=flip)
+        ref_x0, _, ref_t, ref_eps = draw_batch(DeviceImages(pixels), 8, make_schedule("linear", 50),
+                                               torch.Generator().manual_seed(3), flip=flip)
+        assert torch.equal(x0, ref_x0) and torch.equal(t, ref_t) and torch.equal(eps, ref_eps)
+        assert x0.dtype == torch.float32 and x0.shape == (8, 1, 4, 5) and 0 <= t.min() and t.max() < 50
+    assert torch.equal(lesson_training_batch(pixels, 8, 50, torch.Generator().manual_seed(3), True)[0],
+                       training_batch(pixels, 8, 50, torch.Generator().manual_seed(3), True)[0])
+
+
+def test_the_lesson_check_of_training_batch_names_the_common_mistakes():
+    from functools import partial
+
     from diffedu.course.checks import ExerciseError
-    from diffedu.course.checks.lesson06 import check_image_batch
+    from diffedu.course.checks.lesson06 import check_training_batch
 
-    assert check_image_batch(image_batch) is image_batch
-
-    def unit_range(images, idx, flip=None):
-        return image_batch(images, idx, flip) / 2 + 0.5
-
-    def upside_down(images, idx, flip=None):
-        x = images[idx]
-        x = x if flip is None else torch.where(flip[:, None, None, None], x.flip(-2), x)
-        return x.float() / 127.5 - 1
-
-    def overflow(images, idx, flip=None):
-        x = images[idx] if flip is None else torch.where(flip[:, None, None, None], images[idx].flip(-1), images[idx])
-        return (x * 2).float() / 255 - 1
-
-    for wrong, words in ((unit_range, "[0, 1]"), (upside_down, "upside down"), (overflow, "overflows")):
+    assert check_training_batch(lesson_training_batch) is lesson_training_batch
+    for mistake, words in (({"noise": torch.randn}, "not drawn from `generator`"), ({"t_low": 1}, "0 to T - 1"),
+                           ({"flips_always": True}, "even when flip is False"),
+                           ({"order": "tie"}, "before the indices"),
+                           ({"order": "iet"}, "noise is drawn before t"), ({"unit": True}, "[0, 1]"),
+                           ({"upside_down": True}, "upside down")):
         with pytest.raises(ExerciseError, match=re.escape(words)):
-            check_image_batch(wrong)
+            check_training_batch(partial(lesson_training_batch, **mistake))
 
-    def blank(images, idx, flip=None):
+    def blank(images, batch_size, T, generator, flip=False):  # noqa: N803
         raise NotImplementedError()
 
-    assert check_image_batch(blank) is image_batch  # skipped: the lesson goes on with the library's function
+    assert check_training_batch(blank) is training_batch  # skipped: the lesson goes on with the library's function

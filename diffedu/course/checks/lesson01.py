@@ -1,5 +1,5 @@
-"""Checks for the exercises of lesson 01 (forward noising): the cosine schedule from its f(u), and the closed form
-q(x_t | x_0)."""
+"""Checks for the exercises of lesson 01 (forward noising): the closed form q(x_t | x_0), the chain run step by
+step, and the cosine schedule from its f(u)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise, tiny_schedule
-from diffedu.forward import q_sample
+from diffedu.course.checks.core import CHECK_SEED, Case, ExerciseError, Mistake, check_exercise, seeded, tiny_schedule
+from diffedu.forward import forward_chain, q_sample
 from diffedu.schedules import betas_from_alpha_bar, cosine_alpha_bar
 
-__all__ = ["ExerciseError", "check_cosine_schedule", "check_q_sample"]
+__all__ = ["ExerciseError", "check_cosine_schedule", "check_forward_chain", "check_q_sample"]
 
 
 def check_q_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -65,6 +65,60 @@ def check_q_sample(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
                       + (1 - flat.reshape(-1, 1, 1, 1)).sqrt() * e)),
     ]
     return check_exercise("q_sample", learner, q_sample, cases, mistakes=mistakes)
+
+
+def check_forward_chain(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Lesson 01: the Markov chain x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps_t, step by step, fresh noise
+    from torch.randn_like at each step; the states after the steps in `keep`, stacked in keep's order.
+
+    Learner and reference run with torch's generator seeded alike, so a right answer draws the very same noises.
+    """
+    sched = tiny_schedule()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(3, 1, 2, 2, generator=g) * 2 - 1
+    points = torch.rand(4, 2, generator=g) * 2 - 1
+    cases = [Case((images, sched, [0, 4, 9]), {}, "x0 of shape (3, 1, 2, 2), keep = [0, 4, 9], a 10-step schedule"),
+             Case((points, sched, [6, 1]), {}, "x0 of shape (4, 2), keep = [6, 1] (in that order)"),
+             Case((points, sched, [3]), {}, "the same x0, keep = [3]")]
+
+    def chain(step: Callable[[Tensor, int, Tensor, Any], Tensor], *, fresh: bool = True, before: bool = False,
+              order: Callable[[list[int]], list[int]] = list) -> Callable[..., Tensor]:
+        def compute(x0: Tensor, s: Any, keep: list[int]) -> Tensor:
+            with seeded(CHECK_SEED):  # the draws the learner's function made
+                x, kept, eps = x0, {}, torch.randn_like(x0)
+                for t in range(max(keep) + 1):
+                    eps = torch.randn_like(x) if fresh and t else eps
+                    new = step(x, t, eps, s)
+                    kept[t], x = (x if before else new), new
+            return torch.stack([kept[t] for t in order(keep)])
+        return compute
+
+    def right(x: Tensor, t: int, eps: Tensor, s: Any) -> Tensor:
+        return (1 - s.betas[t]).sqrt() * x + s.betas[t].sqrt() * eps
+
+    def jumps(x0: Tensor, s: Any, keep: list[int]) -> Tensor:
+        with seeded(CHECK_SEED):
+            return torch.stack([q_sample(x0, torch.full((len(x0),), t), torch.randn_like(x0), s) for t in keep])
+
+    mistakes = [
+        Mistake("one noise for every step: a step adds NEW noise, independent of all before it. Draw eps inside the "
+                "loop (torch.randn_like(x)); reused, the noises add up coherently and x_t's variance runs away.",
+                chain(right, fresh=False)),
+        Mistake("the noise term lacks its square root: beta_t is the noise's VARIANCE; scale eps by sqrt(beta_t).",
+                chain(lambda x, t, e, s: (1 - s.betas[t]).sqrt() * x + s.betas[t] * e)),
+        Mistake("the signal term lacks its square root: x_{t-1} is scaled by sqrt(1 - beta_t).",
+                chain(lambda x, t, e, s: (1 - s.betas[t]) * x + s.betas[t].sqrt() * e)),
+        Mistake("each step used alpha-bar_t, the signal left after ALL t steps; one step keeps sqrt(1 - beta_t) of "
+                "the previous x and adds sqrt(beta_t) of new noise.",
+                chain(lambda x, t, e, s: s.alphas_cumprod[t].sqrt() * x + (1 - s.alphas_cumprod[t]).sqrt() * e)),
+        Mistake("off by one step: keep the state AFTER applying betas[t] (the one q_sample(x0, t, ...) describes); you "
+                "kept the one before it.", chain(right, before=True)),
+        Mistake("the states are stacked in increasing order of t; stack them in keep's own order.",
+                chain(right, order=sorted)),
+        Mistake("you jumped to each step with the closed form (q_sample); the exercise is the chain itself, one small "
+                "step at a time: that is what the closed form is tested against.", jumps),
+    ]
+    return check_exercise("forward_chain", learner, forward_chain, cases, mistakes=mistakes, atol=1e-5, rtol=1e-5)
 
 
 def check_cosine_schedule(

@@ -1,9 +1,9 @@
-"""Checks for the exercises of lesson 06 (scaling up: data on the device, the learning-rate scaling rule, a schedule
-shifted for larger images).
+"""Checks for the exercises of lesson 06 (scaling up: one training step's random draws, the learning-rate scaling
+rule, a schedule shifted for larger images).
 
 Same rules as `diffedu.course.checks`: a right answer is returned, a wrong one raises `ExerciseError` naming the
 likely mistake, a skipped one (still raising NotImplementedError) continues with the library's version
-(`diffedu.device_data.image_batch`, `diffedu.train.scale_learning_rate`).
+(`diffedu.train.training_batch`, `diffedu.train.scale_learning_rate`, `diffedu.schedules.shift_schedule`).
 """
 
 from __future__ import annotations
@@ -14,62 +14,89 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from diffedu.course.checks.core import Case, ExerciseError, Mistake, check_exercise
-from diffedu.device_data import image_batch
+from diffedu.course.checks.core import CHECK_SEED, Case, ExerciseError, Mistake, check_exercise, seeded
 from diffedu.schedules import NoiseSchedule, cosine_beta_schedule, make_schedule, shift_schedule
-from diffedu.train import scale_learning_rate
+from diffedu.train import scale_learning_rate, training_batch
 
-__all__ = ["ExerciseError", "check_image_batch", "check_scale_learning_rate", "check_shift_schedule"]
+__all__ = ["ExerciseError", "check_scale_learning_rate", "check_shift_schedule", "check_training_batch"]
 
 
-def check_image_batch(learner: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Lesson 06: x0 = where(flip, images[idx] mirrored left-right, images[idx]) / 127.5 - 1, as float32."""
+def check_training_batch(learner: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
+    """Lesson 06: one step's (x0, t, eps), drawn from the generator in train's order (idx, flips if asked, t, eps).
+
+    Learner and reference each get a fresh generator with the same seed, so a right answer is the very batch
+    `train` would draw.
+    """
     g = torch.Generator().manual_seed(6)
-    images = torch.randint(0, 256, (5, 3, 2, 4), generator=g, dtype=torch.uint8)  # (N, C, H, W)
+    images = torch.randint(0, 256, (7, 2, 2, 3), generator=g, dtype=torch.uint8)  # (N, C, H, W), W odd
     images[0, 0, 0, 0], images[1, 0, 0, 0] = 255, 0  # the two ends of the pixel range
-    idx = torch.tensor([3, 0, 3, 1])
-    flip = torch.tensor([True, False, False, True])
     cases = [
-        Case((images, idx, flip), {}, "uint8 images (5, 3, 2, 4), idx = [3, 0, 3, 1], flip = [True, False, False, True]"),
-        Case((images, idx, None), {}, "the same images and idx, flip = None (no flips at all)"),
-        Case((images, torch.tensor([1]), torch.tensor([False])), {}, "one image (idx = [1]) that must not be flipped"),
+        Case((images, 6, 10, 0, True), {}, "uint8 images (7, 2, 2, 3), batch_size = 6, T = 10, flip = True, seed 0"),
+        Case((images, 6, 10, 0, False), {}, "the same, flip = False (no flips, and no draw for them)"),
+        Case((images, 3, 1000, 5, True), {}, "the same images, batch_size = 3, T = 1000, flip = True, seed 5"),
     ]
 
-    def variant(gather_flip: Callable[[Tensor, Tensor | None, Tensor], Tensor],
-                scale: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
-        def run(imgs: Tensor, i: Tensor, f: Tensor | None = None) -> Tensor:
-            return scale(gather_flip(imgs[i], f, imgs))
+    def seeded_run(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(imgs: Tensor, batch_size: int, T: int, seed: int, flip: bool) -> Any:  # noqa: N803
+            return fn(imgs, batch_size, T, torch.Generator().manual_seed(seed), flip)
         return run
 
-    def right_flip(x: Tensor, f: Tensor | None, _: Tensor) -> Tensor:
-        return x if f is None else torch.where(f[:, None, None, None], x.flip(-1), x)
-
-    def right_scale(x: Tensor) -> Tensor:
-        return x.float() / 127.5 - 1
+    def variant(*, order: str = "ite", t_low: int = 0, flips_always: bool = False, global_noise: bool = False,
+                scale: Callable[[Tensor], Tensor] = lambda x: x.float() / 127.5 - 1,
+                mirror: Callable[[Tensor, Tensor], Tensor] = lambda x, f: torch.where(f[:, None, None, None],
+                                                                                     x.flip(-1), x),
+                replacement: bool = True) -> Callable[..., Any]:
+        def run(imgs: Tensor, batch_size: int, T: int, seed: int, flip: bool) -> Any:  # noqa: N803
+            gen = torch.Generator().manual_seed(seed)
+            drawn: dict[str, Tensor | None] = {"f": None}
+            for what in order:
+                if what == "i":
+                    drawn["i"] = (torch.randint(0, len(imgs), (batch_size,), generator=gen) if replacement
+                                  else torch.randperm(len(imgs), generator=gen)[:batch_size])
+                    if flip or flips_always:
+                        drawn["f"] = torch.rand(batch_size, generator=gen) < 0.5
+                elif what == "t":
+                    drawn["t"] = torch.randint(t_low, T + t_low, (batch_size,), generator=gen)
+                else:
+                    shape = (batch_size, *imgs.shape[1:])
+                    with seeded(CHECK_SEED):  # the learner's global draws were seeded so
+                        drawn["e"] = torch.randn(shape) if global_noise else torch.randn(shape, generator=gen)
+            x = imgs[drawn["i"]]
+            if flip and drawn["f"] is not None:
+                x = mirror(x, drawn["f"])
+            return scale(x), drawn["t"], drawn["e"]
+        return run
 
     mistakes = [
+        Mistake("the noise is not drawn from `generator` (torch.randn_like uses torch's global generator): pass "
+                "generator=generator to every draw, or the same seed will not give the same batch.",
+                variant(global_noise=True)),
+        Mistake("t runs from 0 to T - 1 in code (betas[0] is the first step): torch.randint(0, T, ...).",
+                variant(t_low=1)),
+        Mistake("the flip mask is drawn even when flip is False: that extra draw moves every later number (t, eps) "
+                "away from train's. Draw it only if flip.", variant(flips_always=True)),
+        Mistake("t is drawn before the indices: draw in train's order, idx, flips, t, eps, so the same seed gives "
+                "train's batch.", variant(order="tie")),
+        Mistake("the noise is drawn before t: draw in train's order, idx, flips, t, eps.", variant(order="iet")),
+        Mistake("the indices are drawn without replacement (randperm); train draws them with replacement: "
+                "torch.randint(0, N, (batch_size,)).", variant(replacement=False)),
         Mistake("the pixels are scaled to [0, 1]; diffusion works in [-1, 1]: x / 127.5 - 1.",
-                variant(right_flip, lambda x: x.float() / 255)),
-        Mistake("dividing by 128 maps 255 to 0.992, not 1; divide by 127.5 (= 255 / 2): x / 127.5 - 1.",
-                variant(right_flip, lambda x: x.float() / 128 - 1)),
+                variant(scale=lambda x: x.float() / 255)),
         Mistake("x * 2 on uint8 pixels overflows (it wraps around above 255): convert to float first, "
-                "x.float() / 127.5 - 1.", variant(right_flip, lambda x: (x * 2).float() / 255 - 1)),
+                "x.float() / 127.5 - 1.", variant(scale=lambda x: (x * 2).float() / 255 - 1)),
         Mistake("the images are flipped upside down (dim -2, H); a horizontal flip mirrors the width, the last "
-                "axis: x.flip(-1).",
-                variant(lambda x, f, _: x if f is None else torch.where(f[:, None, None, None], x.flip(-2), x),
-                        right_scale)),
-        Mistake("every image is flipped; only those where flip is True should be: torch.where(flip[:, None, None, "
-                "None], x.flip(-1), x).", variant(lambda x, f, _: x if f is None else x.flip(-1), right_scale)),
-        Mistake("the images where flip is False are the flipped ones: the mask is inverted.",
-                variant(lambda x, f, _: x if f is None else torch.where(f[:, None, None, None], x, x.flip(-1)),
-                        right_scale)),
-        Mistake("no image is flipped: apply the flips where flip is True.", variant(lambda x, f, _: x, right_scale)),
-        Mistake("the batch is flipped along the batch axis (dim 0, the order of the images), not mirrored: flip the "
-                "last axis, W.",
-                variant(lambda x, f, _: x if f is None else torch.where(f[:, None, None, None], x.flip(0), x),
-                        right_scale)),
+                "axis: x.flip(-1).", variant(mirror=lambda x, f: torch.where(f[:, None, None, None], x.flip(-2), x))),
+        Mistake("every image is mirrored; only those where the mask is True should be: torch.where(mask[:, None, "
+                "None, None], x.flip(-1), x).", variant(mirror=lambda x, f: x.flip(-1))),
+        Mistake("the images where the mask is False are the mirrored ones: the mask is inverted.",
+                variant(mirror=lambda x, f: torch.where(f[:, None, None, None], x, x.flip(-1)))),
+        Mistake("no image is mirrored: apply the flips where the mask is True.", variant(mirror=lambda x, f: x)),
     ]
-    return check_exercise("image_batch", learner, image_batch, cases, mistakes=mistakes, atol=1e-6, rtol=1e-6)
+    learner_run, reference_run = seeded_run(learner), seeded_run(training_batch)
+    reference_run.__module__, reference_run.__qualname__ = training_batch.__module__, training_batch.__qualname__
+    checked = check_exercise("training_batch", learner_run, reference_run, cases, mistakes=mistakes,
+                             atol=1e-6, rtol=1e-6)
+    return learner if checked is learner_run else training_batch
 
 
 def check_scale_learning_rate(learner: Callable[..., float]) -> Callable[..., float]:
