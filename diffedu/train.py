@@ -293,15 +293,15 @@ def draw_batch(
     return x0, cond, t, eps
 
 
-
 def training_batch(images: Tensor, batch_size: int, T: int, generator: torch.Generator,  # noqa: N803
                    flip: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """One step's (x0, t, eps) from images (N, C, H, W), drawn exactly as `train` draws them (lesson 06's exercise).
+    """One step's (x0, t, eps) from images (N, C, H, W), drawn as `train` draws them (lesson 06's exercise) for
+    unconditional training with the diffusion objective (labels and flow matching add draws of their own).
 
     From ``generator``, on its device, in this order: idx ~ U{0..N-1}^B (with replacement), flips ~
     Bernoulli(1/2)^B (only if ``flip``), t ~ U{0..T-1}^B, eps ~ N(0, I); x0 is images[idx], mirrored left-right
-    where flipped, in [-1, 1]. The same seed gives the same batch: what lets a resumed run, or several
-    processes, replay the steps of one uninterrupted run.
+    where flipped, in [-1, 1]. The batch depends on the generator's state alone, which `train` checkpoints (a
+    resumed run draws the batches it would have drawn) and which every process of a DDP run starts alike.
     """
     data = DeviceImages(images, device=generator.device)
     # draw_batch reads only the number of steps T from the schedule

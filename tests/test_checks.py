@@ -290,8 +290,19 @@ def test_forward_chain_right_wrong_and_skipped(capsys):
     from diffedu.forward import forward_chain, q_sample
     from diffedu.schedules import linear_beta_schedule
 
-    assert checks.check_forward_chain(_chain()) is not None
-    for wrong, named in [(_chain(fresh=False), "one noise for every step"),
+    learner = _chain()
+    assert checks.check_forward_chain(learner) is learner
+
+    def predrawn(x0, schedule, keep):  # right in distribution, but the noises come from one call
+        noises, x, kept = torch.randn(max(keep) + 1, *x0.shape), x0, {}
+        for t in range(max(keep) + 1):
+            x = (1 - schedule.betas[t]).sqrt() * x + schedule.betas[t].sqrt() * noises[t]
+            kept[t] = x
+        return torch.stack([kept[t] for t in keep])
+
+    for wrong, named in [(predrawn, "nothing wrong with the math"),
+                         (_chain(signal=lambda s, t: 1 - s.betas[t]), "signal term lacks its square root"),
+                         (_chain(fresh=False), "one noise for every step"),
                          (_chain(noise_sqrt=False), "noise term lacks its square root"),
                          (_chain(signal=lambda s, t: s.alphas_cumprod[t].sqrt(),
                                  noise=lambda s, t: (1 - s.alphas_cumprod[t]).sqrt()), "alpha-bar_t, the signal left"),

@@ -99,12 +99,14 @@ def test_train_takes_uint8_pixels_like_their_floats_and_flips_on_request():
 
 
 def lesson_training_batch(images, batch_size, T, generator, flip=False, *, order="ite", t_low=0, noise=None,  # noqa: N803
-                          flips_always=False, unit=False, upside_down=False):
+                          flips_always=False, unit=False, upside_down=False, replacement=True, overflow=False,
+                          mirror="where"):
     """A learner's training_batch, right by default, with one mistake switched on."""
     drawn = {"f": None}
     for what in order:
         if what == "i":
-            drawn["i"] = torch.randint(0, len(images), (batch_size,), generator=generator, device=generator.device)
+            drawn["i"] = (torch.randint(0, len(images), (batch_size,), generator=generator, device=generator.device)
+                          if replacement else torch.randperm(len(images), generator=generator)[:batch_size])
             if flip or flips_always:
                 drawn["f"] = torch.rand(batch_size, generator=generator, device=generator.device) < 0.5
         elif what == "t":
@@ -114,20 +116,41 @@ def lesson_training_batch(images, batch_size, T, generator, flip=False, *, order
             drawn["e"] = noise(shape) if noise else torch.randn(shape, generator=generator, device=generator.device)
     x = images[drawn["i"]]
     if flip:
-        x = torch.where(drawn["f"][:, None, None, None], x.flip(-2 if upside_down else -1), x)
+        mirrored, mask = x.flip(-2 if upside_down else -1), drawn["f"][:, None, None, None]
+        x = {"where": torch.where(mask, mirrored, x), "all": mirrored, "inverted": torch.where(mask, x, mirrored),
+             "none": x}[mirror]
+    if overflow:
+        return (x * 2).float() / 255 - 1, drawn["t"], drawn["e"]
     return (x.float() / 255 if unit else x.float() / 127.5 - 1), drawn["t"], drawn["e"]
 
 
-def test_training_batch_is_the_batch_train_draws():
-    pixels = torch.randint(0, 256, (20, 1, 4, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+def test_training_batch_is_the_batch_train_draws(monkeypatch):
+    import diffedu.train as train_module
+
+    pixels = torch.randint(0, 256, (20, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    schedule = make_schedule("linear", 50)
     for flip in (False, True):
-        x0, t, eps = training_batch(pixels, 8, 50, torch.Generator().manual_seed(3), flip=flip)
-        ref_x0, _, ref_t, ref_eps = draw_batch(DeviceImages(pixels), 8, make_schedule("linear", 50),
-                                               torch.Generator().manual_seed(3), flip=flip)
-        assert torch.equal(x0, ref_x0) and torch.equal(t, ref_t) and torch.equal(eps, ref_eps)
-        assert x0.dtype == torch.float32 and x0.shape == (8, 1, 4, 5) and 0 <= t.min() and t.max() < 50
-    assert torch.equal(lesson_training_batch(pixels, 8, 50, torch.Generator().manual_seed(3), True)[0],
-                       training_batch(pixels, 8, 50, torch.Generator().manual_seed(3), True)[0])
+        drawn = []
+
+        def spy(*args, **kwargs):
+            out = draw_batch(*args, **kwargs)
+            drawn.append(tuple(x.clone() for k, x in enumerate(out) if k != 1))  # (x0, t, eps); no labels here
+            return out
+
+        monkeypatch.setattr(train_module, "draw_batch", spy)
+        config = TrainConfig(steps=2, batch_size=8, lr=1e-3, warmup_steps=1, flip=flip, seed=3, preview_every=1,
+                             checkpoint_every=None)
+        train(tiny_unet(), pixels, schedule, config, progress=False)
+        monkeypatch.undo()
+        generator = torch.Generator().manual_seed(3)
+        ours = [training_batch(pixels, 8, 50, generator, flip=flip) for _ in range(2)]   # the two steps in a row
+        learners = lesson_training_batch(pixels, 8, 50, torch.Generator().manual_seed(3), flip)
+        assert len(drawn) == 2
+        for step, (mine, trains) in enumerate(zip(ours, drawn)):
+            assert all(torch.equal(a, b) for a, b in zip(mine, trains)), f"step {step}, flip={flip}"
+        assert all(torch.equal(a, b) for a, b in zip(learners, ours[0]))
+        x0, t, _ = ours[0]
+        assert x0.dtype == torch.float32 and x0.shape == (8, 3, 8, 8) and 0 <= t.min() and t.max() < 50
 
 
 def test_the_lesson_check_of_training_batch_names_the_common_mistakes():
@@ -141,7 +164,9 @@ def test_the_lesson_check_of_training_batch_names_the_common_mistakes():
                            ({"flips_always": True}, "even when flip is False"),
                            ({"order": "tie"}, "before the indices"),
                            ({"order": "iet"}, "noise is drawn before t"), ({"unit": True}, "[0, 1]"),
-                           ({"upside_down": True}, "upside down")):
+                           ({"upside_down": True}, "upside down"), ({"replacement": False}, "without replacement"),
+                           ({"overflow": True}, "overflows"), ({"mirror": "all"}, "every image is mirrored"),
+                           ({"mirror": "inverted"}, "mask is inverted"), ({"mirror": "none"}, "no image is mirrored")):
         with pytest.raises(ExerciseError, match=re.escape(words)):
             check_training_batch(partial(lesson_training_batch, **mistake))
 

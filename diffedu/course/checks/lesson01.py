@@ -96,6 +96,15 @@ def check_forward_chain(learner: Callable[..., Tensor]) -> Callable[..., Tensor]
     def right(x: Tensor, t: int, eps: Tensor, s: Any) -> Tensor:
         return (1 - s.betas[t]).sqrt() * x + s.betas[t].sqrt() * eps
 
+    def predrawn(x0: Tensor, s: Any, keep: list[int]) -> Tensor:
+        with seeded(CHECK_SEED):
+            noises = torch.randn(max(keep) + 1, *x0.shape, dtype=x0.dtype)
+        x, kept = x0, {}
+        for t in range(max(keep) + 1):
+            x = right(x, t, noises[t], s)
+            kept[t] = x
+        return torch.stack([kept[t] for t in keep])
+
     def jumps(x0: Tensor, s: Any, keep: list[int]) -> Tensor:
         with seeded(CHECK_SEED):
             return torch.stack([q_sample(x0, torch.full((len(x0),), t), torch.randn_like(x0), s) for t in keep])
@@ -115,6 +124,9 @@ def check_forward_chain(learner: Callable[..., Tensor]) -> Callable[..., Tensor]
                 "kept the one before it.", chain(right, before=True)),
         Mistake("the states are stacked in increasing order of t; stack them in keep's own order.",
                 chain(right, order=sorted)),
+        Mistake("nothing wrong with the math: the noises were drawn all at once, which is right in distribution, but "
+                "the check replays torch's generator and needs one torch.randn_like(x) per step, inside the loop.",
+                predrawn),
         Mistake("you jumped to each step with the closed form (q_sample); the exercise is the chain itself, one small "
                 "step at a time: that is what the closed form is tested against.", jumps),
     ]

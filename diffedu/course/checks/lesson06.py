@@ -22,7 +22,8 @@ __all__ = ["ExerciseError", "check_scale_learning_rate", "check_shift_schedule",
 
 
 def check_training_batch(learner: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
-    """Lesson 06: one step's (x0, t, eps), drawn from the generator in train's order (idx, flips if asked, t, eps).
+    """Lesson 06: one step's (x0, t, eps), drawn from the generator in train's order (idx, flips if asked, t, eps;
+    unconditional training with the diffusion objective).
 
     Learner and reference each get a fresh generator with the same seed, so a right answer is the very batch
     `train` would draw.
@@ -37,8 +38,8 @@ def check_training_batch(learner: Callable[..., tuple[Tensor, ...]]) -> Callable
     ]
 
     def seeded_run(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def run(imgs: Tensor, batch_size: int, T: int, seed: int, flip: bool) -> Any:  # noqa: N803
-            return fn(imgs, batch_size, T, torch.Generator().manual_seed(seed), flip)
+        def run(images: Tensor, batch_size: int, T: int, seed: int, flip: bool) -> Any:  # noqa: N803
+            return fn(images, batch_size, T, torch.Generator().manual_seed(seed), flip)
         return run
 
     def variant(*, order: str = "ite", t_low: int = 0, flips_always: bool = False, global_noise: bool = False,
@@ -82,6 +83,8 @@ def check_training_batch(learner: Callable[..., tuple[Tensor, ...]]) -> Callable
                 "torch.randint(0, N, (batch_size,)).", variant(replacement=False)),
         Mistake("the pixels are scaled to [0, 1]; diffusion works in [-1, 1]: x / 127.5 - 1.",
                 variant(scale=lambda x: x.float() / 255)),
+        Mistake("dividing by 128 maps 255 to 0.992, not 1; divide by 127.5 (= 255 / 2): x / 127.5 - 1.",
+                variant(scale=lambda x: x.float() / 128 - 1)),
         Mistake("x * 2 on uint8 pixels overflows (it wraps around above 255): convert to float first, "
                 "x.float() / 127.5 - 1.", variant(scale=lambda x: (x * 2).float() / 255 - 1)),
         Mistake("the images are flipped upside down (dim -2, H); a horizontal flip mirrors the width, the last "
@@ -91,6 +94,8 @@ def check_training_batch(learner: Callable[..., tuple[Tensor, ...]]) -> Callable
         Mistake("the images where the mask is False are the mirrored ones: the mask is inverted.",
                 variant(mirror=lambda x, f: torch.where(f[:, None, None, None], x, x.flip(-1)))),
         Mistake("no image is mirrored: apply the flips where the mask is True.", variant(mirror=lambda x, f: x)),
+        Mistake("the batch is flipped along the batch axis (dim 0, the order of the images), not mirrored: flip the "
+                "last axis, W.", variant(mirror=lambda x, f: torch.where(f[:, None, None, None], x.flip(0), x))),
     ]
     learner_run, reference_run = seeded_run(learner), seeded_run(training_batch)
     reference_run.__module__, reference_run.__qualname__ = training_batch.__module__, training_batch.__qualname__
