@@ -7,10 +7,12 @@ In a temporary course directory, with every notebook of solutions/ as one assign
   as a student's work, and no marks to a submission of lessons/ with every blank left blank: each graded
   check fails with ExerciseSkipped instead of falling back to the library's reference.
 
-The student "blank" hands in every lesson, so every notebook runs under nbgrader. The student "solver" hands
-in three solutions, one per kind of check (functions, nn.Modules, a text encoder and attention): that every
-solution passes its checks is nbval's job (pytest runs solutions/ as well), and grading mode changes nothing
-for an exercise that was answered, so running all of them a second time here would only double the minutes.
+The student "blank" hands in every lesson, so every notebook runs under nbgrader (every cell up to the first
+exercise as it would for anyone; after it, the cells that use a blank exercise fail, as they would for a real
+student). The student "solver" hands in three solutions, one per kind of check (functions, nn.Modules, a text
+encoder and attention). That every solution passes its checks is nbval's job: pytest runs solutions/ in grading
+mode too (conftest.py), so a solution that raises NotImplementedError fails there as it would here. What this
+leaves out: the other eleven solutions are not run top to bottom in nbgrader's working folder.
 """
 
 from __future__ import annotations
