@@ -98,6 +98,12 @@ VIEWS: dict[str, View] = {
         settings_columns=("train_steps", "train_seconds"), defaults={"ema_decay": 0.995},  # the first runs' EMA
         columns=("fid_self", "fid_self_floor", "kid_self", "confident_fraction"),
         command="python benchmarks/flow_matching.py --minutes 10"),
+    "reflow": View(
+        tables=("device", "sample_count", "pairs", "pair_sampler", "reflow_steps"), rows=("model", "sampler", "nfe"),
+        settings_columns=("train_seconds",),
+        columns=("fid_self", "fid_self_floor", "confident_fraction", "distance_to_teacher_ode", "path_straightness"),
+        labels={"distance_to_teacher_ode": "distance to the ODE's end", "path_straightness": "length / chord"},
+        command="python benchmarks/reflow.py --pairs 10000 --minutes 10 --threads 2"),
     "few_step": View(
         tables=("device", "model", "sample_count", "clip_x0", "seed"), rows=("sampler", "spacing", "rho", "nfe"),
         columns=("fid_self", "fid_self_floor", "kid_self", "confident_fraction", "sample_seconds"),
