@@ -60,10 +60,13 @@ def check_training_batch(learner: Callable[..., tuple[Tensor, ...]]) -> Callable
                     drawn["t"] = torch.randint(t_low, T + t_low, (batch_size,), generator=gen)
                 else:
                     shape = (batch_size, *imgs.shape[1:])
-                    with seeded(CHECK_SEED):  # the learner's global draws were seeded so
-                        drawn["e"] = torch.randn(shape) if global_noise else torch.randn(shape, generator=gen)
+                    if global_noise:  # check_exercise seeds torch's global generator for the learner's call
+                        with seeded(CHECK_SEED):
+                            drawn["e"] = torch.randn(shape)
+                    else:
+                        drawn["e"] = torch.randn(shape, generator=gen)
             x = imgs[drawn["i"]]
-            if flip and drawn["f"] is not None:
+            if flip:
                 x = mirror(x, drawn["f"])
             return scale(x), drawn["t"], drawn["e"]
         return run
